@@ -1,0 +1,1 @@
+"""The systems the benchmark drives: gpucell, its peers, and the physical baselines."""

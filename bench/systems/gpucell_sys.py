@@ -1,0 +1,217 @@
+"""gpucell driven as a user drives it: a real InteractiveShell, `%load_ext gpucell`, `%%gpu cpu` cells."""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psutil
+from IPython.core.interactiveshell import InteractiveShell
+
+from harness import OutputRecorder, Profile, Sample, capture_stdout, wait_for
+from systems.base import System, Unsupported
+
+HW = "cpu"
+# The session's pool: no warm workers, so the first cell after a release is a true scale from zero.
+CONFIG = """\
+[broker]
+host = "127.0.0.1"
+port = 0
+
+[pools.cpu]
+simulate = true
+min_warm = 0
+max_workers = 2
+idle_timeout = 120
+price_per_hour = 0.0
+"""
+STREAM_CELL = "import time\nprint(f'@@t={time.time()!r}@@', flush=True)"
+
+
+class GpucellSystem(System):
+    name = "gpucell"
+
+    def __init__(self, profile: Profile) -> None:
+        super().__init__(profile)
+        self.tmp = tempfile.mkdtemp(prefix="gpucell-bench-")
+        self.config_path = os.path.join(self.tmp, "gpucell.toml")
+        with open(self.config_path, "w") as f:
+            f.write(CONFIG)
+        os.environ["GPUCELL_CONFIG"] = self.config_path
+        # the embedded broker, not one a developer's shell happens to point at
+        os.environ.pop("GPUCELL_BROKER", None)
+        os.environ.pop("GPUCELL_TOKEN", None)
+        os.environ.setdefault("IPYTHONDIR", os.path.join(self.tmp, "ipython"))
+        self.shell: InteractiveShell | None = None
+        self.loaded = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.shell = InteractiveShell.instance()
+        if not self.loaded:
+            self.shell.run_line_magic("load_ext", "gpucell")
+            self.loaded = True
+
+    def stop(self) -> None:
+        # One agent process is one round: the embedded broker and its workers go with the process,
+        # so only this session's workers are released here.
+        if self.shell is not None and self.loaded:
+            self.shell.run_line_magic("gpu_release", HW)
+
+    def close(self) -> None:
+        super().close()
+        if self.shell is not None and self.loaded:
+            try:
+                self.shell.run_line_magic("unload_ext", "gpucell")
+            finally:
+                self.loaded = False
+
+    def cell(self, source: str, args: str = HW) -> Any:
+        assert self.shell is not None
+        return self.shell.run_cell_magic("gpu", args, source)
+
+    @property
+    def ns(self) -> dict[str, Any]:
+        assert self.shell is not None
+        return self.shell.user_ns
+
+    # ------------------------------------------------------------ primitives
+
+    def noop(self) -> None:
+        self.cell("pass")
+
+    def map(self, n: int, slow_s: float) -> int:
+        import gpucell  # the foundation may not be importable yet: then this metric is unsupported
+
+        if slow_s:
+            self._define(f"def bench_item(x):\n    import time\n    time.sleep({slow_s!r})\n    return x")
+        else:
+            self._define("def bench_item(x):\n    return x")
+        results = gpucell.map(self.ns["bench_item"], range(n), gpu=HW, workers=2)
+        return len(list(results))
+
+    def _define(self, source: str) -> None:
+        """Defines a function in the notebook namespace, so it travels by value as a user's would."""
+        assert self.shell is not None
+        result = self.shell.run_cell(source, store_history=False)
+        result.raise_error()
+
+    def send(self, arr: np.ndarray) -> int:
+        self.ns["bench_payload"] = arr
+        self.cell("bench_n = int(bench_payload.nbytes)\nbench_head = bytes(bench_payload[:8])")
+        if self.ns.get("bench_head") != bytes(arr[:8]):
+            raise RuntimeError("the worker saw stale content: the changed array was not sent")
+        return int(self.ns["bench_n"])
+
+    def resend_note(self) -> str:
+        return "same cell, unchanged array: content-addressed cache"
+
+    def drop_sent(self) -> None:
+        if "bench_payload" in self.ns:
+            self.cell("del bench_payload")
+        self.ns.pop("bench_payload", None)
+
+    def fetch(self, n: int) -> np.ndarray:
+        self.cell(f"import numpy as np\nbench_ret = np.ones({n}, dtype=np.uint8)")
+        value = self.ns.pop("bench_ret")
+        if not isinstance(value, np.ndarray):
+            raise RuntimeError(f"bench_ret came back as {type(value).__name__}, not an array")
+        return value
+
+    def stream_once(self, recorder: OutputRecorder) -> None:
+        self.cell(STREAM_CELL)
+
+    # ------------------------------------------------------------ gpucell-specific metrics
+
+    def _first_output_ms(self, source: str, before: float | None = None) -> float:
+        """ms from `before` (default: now) until the cell's first output line '1' arrives."""
+        rec = OutputRecorder()
+        with capture_stdout(rec):
+            t0 = time.time() if before is None else before
+            self.cell(source)
+        first = rec.first_time(lambda text: "1" in text.split())
+        if first is None:
+            raise RuntimeError(f"the cell printed no '1' to sys.stdout (got {rec.text()[:80]!r})")
+        return (first - t0) * 1000
+
+    def m_cold_start_ms(self) -> Iterator[Sample]:
+        if not self.loaded:
+            # from nothing: %load_ext (embedded broker start) to the first output of print(1)
+            t0 = time.time()
+            self.shell = InteractiveShell.instance()
+            self.shell.run_line_magic("load_ext", "gpucell")
+            self.loaded = True
+            self.running = True
+            yield self.sample("cold_start_ms", [self._first_output_ms("print(1)", t0)], "incl_broker",
+                              note="%load_ext (embedded broker) to first output of print(1)")
+        self.ensure_started()
+        out: list[float] = []
+        for _ in range(self.p.cold_n):
+            self._release_and_wait()
+            out.append(self._first_output_ms("print(1)"))
+        yield self.sample("cold_start_ms", out, note="broker up, pool at zero: %%gpu cpu print(1) to first output")
+
+    def _release_and_wait(self) -> None:
+        assert self.shell is not None
+        self.shell.run_line_magic("gpu_release", HW)
+        wait_for(lambda: self._pool_workers() == 0, 30.0, "the cpu pool to reach zero workers", poll=0.01)
+
+    def _client(self) -> Any:
+        """The broker client the loaded extension uses (the magics own it: found, not made)."""
+        assert self.shell is not None
+        for magics in self.shell.magics_manager.registry.values():
+            client = getattr(getattr(magics, "session", None), "client", None)
+            if client is not None and hasattr(client, "status"):
+                return client
+        raise Unsupported("cannot find the extension's broker client to read the pool status")
+
+    def _pool_workers(self) -> int:
+        status = self._client().status()
+        pool = status.get("pools", {}).get(HW, {})
+        return sum(1 for w in pool.get("workers", []) if w.get("state") != "releasing")
+
+    def m_idle_release_error_s(self) -> Iterator[Sample]:
+        self.ensure_started()
+        idle = self.p.idle_timeout_s
+        out: list[float] = []
+        for _ in range(1 if self.p.name == "smoke" else 2):
+            self.cell("pass", f"{HW} --idle {idle:g}")
+            done = time.time()
+            wait_for(lambda: self._pool_workers() == 0, idle + 30.0, "the idle worker's release", poll=0.01)
+            out.append(time.time() - done - idle)
+        yield self.sample("idle_release_error_s", out,
+                          note=f"--idle {idle:g}: time from cell end to the worker's release, minus {idle:g} s")
+
+    def m_broker_rss_mb(self) -> Iterator[Sample]:
+        from gpucell.broker.embedded import start_embedded_broker
+        from gpucell.client import BrokerClient
+
+        mine = {p.pid for p in psutil.Process().children(recursive=True)}
+        broker = start_embedded_broker(self.config_path)
+        clients: list[Any] = []
+        try:
+            procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in mine]
+            pid = getattr(broker, "pid", None) or (procs[0].pid if procs else None)
+            if pid is None:
+                raise Unsupported("cannot find the broker's process")
+            proc = psutil.Process(pid)
+            probe = BrokerClient(broker.address, broker.token)
+            probe.catalog()
+            clients.append(probe)
+            before = proc.memory_info().rss / 1e6
+            for i in range(self.p.sessions_n):
+                client = BrokerClient(broker.address, broker.token)
+                client.status(session_id=f"bench-idle-{i}")
+                clients.append(client)
+            after = proc.memory_info().rss / 1e6
+        finally:
+            for client in clients:
+                client.close()
+            broker.stop()
+        yield self.sample("broker_rss_mb", [after],
+                          note=f"{self.p.sessions_n} clients each with its own session id, idle; "
+                               f"{before:.0f} MB before them")

@@ -1,0 +1,1 @@
+"""The broker: gRPC server with sessions, the scheduler, pools and provisioners."""

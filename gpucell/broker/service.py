@@ -1,0 +1,465 @@
+"""The broker's gRPC services: translate RPCs and worker streams into scheduler events and back."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from grpc import aio
+
+from gpucell.broker import scheduler as sch
+from gpucell.broker.provisioners import LaunchSpec, Provisioner, load_provisioner
+from gpucell.config import BrokerConfig
+from gpucell.hardware import KNOWN_LABELS
+from gpucell.protocol import gpucell_pb2 as pb
+from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
+
+log = logging.getLogger("gpucell.broker")
+
+TICK_S = 0.1
+
+
+@dataclass
+class CellRun:
+    request: pb.CellExecuteRequest
+    pool: str
+    submitted: float
+    events: asyncio.Queue[pb.CellEvent | None] = field(default_factory=asyncio.Queue)
+    worker_id: str = ""
+    dispatched: float = 0.0
+    cold_start_s: float = 0.0
+    done: bool = False
+    timed_out: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class WorkerConn:
+    worker_id: str
+    pool: str
+    pid: int
+    node: str
+    versions: dict[str, str]
+    outbox: asyncio.Queue[pb.WorkerInstruction | None] = field(default_factory=asyncio.Queue)
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class LaunchRecord:
+    pool: str
+    launched: float
+    provisioner: Provisioner
+    ready: float = 0.0
+
+
+def _bearer(context: aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return ""
+
+
+class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
+    """All broker state lives on one asyncio loop; the scheduler decides, this class does the I/O."""
+
+    def __init__(self, config: BrokerConfig, client_token: str, worker_token: str) -> None:
+        self.config = config
+        self.client_token = client_token
+        self.worker_token = worker_token
+        self.address = ""
+        self.scheduler = sch.Scheduler({
+            label: sch.PoolLimits(p.min_warm, p.max_workers, p.idle_timeout) for label, p in config.pools.items()})
+        self.cells: dict[str, CellRun] = {}
+        self.conns: dict[str, WorkerConn] = {}
+        self.launches: dict[str, LaunchRecord] = {}
+        self.session_names: dict[str, str] = {}
+        self.provisioners: dict[str, Provisioner] = {}
+        self.log_dir = config.state_dir or tempfile.mkdtemp(prefix="gpucell-broker-")
+        self._ticker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for label, pool in self.config.pools.items():
+            if pool.provisioner not in self.provisioners:
+                self.provisioners[pool.provisioner] = load_provisioner(pool.provisioner)()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+        self.apply(self.scheduler.handle(sch.Tick(time.monotonic())))
+
+    async def close(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        for conn in self.conns.values():
+            conn.outbox.put_nowait(pb.WorkerInstruction(shutdown=pb.WorkerShutdown(reason="broker stopping")))
+            conn.outbox.put_nowait(None)
+        for provisioner in self.provisioners.values():
+            await provisioner.close()
+        for run in self.cells.values():
+            if not run.done:
+                self._fail(run, "broker stopping", "worker_lost")
+
+    # ------------------------------------------------------------ auth and resolution
+
+    def _check(self, context: aio.ServicerContext, token: str) -> None:
+        if not hmac.compare_digest(_bearer(context).encode(), token.encode()):
+            raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing gpucell token")
+
+    def known_labels(self) -> list[str]:
+        labels = set(self.config.pools)
+        if self.config.cpu_fallback and "cpu" in self.config.pools:
+            labels.update(KNOWN_LABELS)
+        return sorted(labels, key=lambda s: (s == "cpu", s))
+
+    def resolve_pool(self, hardware: str, strict: bool) -> tuple[str, str]:
+        """(pool, notice) for a hardware spec, or an INVALID_ARGUMENT abort naming the known labels."""
+        spec = hardware.strip() or self.config.default_hardware
+        by_lower = {label.lower(): label for label in self.config.pools}
+        if spec.lower() in by_lower:
+            return by_lower[spec.lower()], ""
+        base = spec.split(":", 1)[0]
+        known_lower = {label.lower() for label in KNOWN_LABELS}
+        if base.lower() in known_lower and self.config.cpu_fallback and "cpu" in self.config.pools:
+            if strict:
+                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"no {spec} here and strict mode is on (pools: {', '.join(self.config.pools)})")
+            return "cpu", f"gpucell: no {spec} on this broker; running on the local CPU instead"
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"no pool serves {spec!r} (known: {', '.join(self.known_labels())})")
+
+    # ------------------------------------------------------------ Broker service
+
+    async def CellExecute(self, request: pb.CellExecuteRequest,
+                          context: aio.ServicerContext) -> AsyncIterator[pb.CellEvent]:
+        try:
+            self._check(context, self.client_token)
+            if not request.cell_id or not request.session_id:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "cell_id and session_id are required")
+            if request.cell_id in self.cells:
+                raise _Abort(grpc.StatusCode.ALREADY_EXISTS, f"cell {request.cell_id} already submitted")
+            pool, notice = self.resolve_pool(request.hardware, request.options.strict)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.details)
+            return
+        if request.session_name:
+            self.session_names[request.session_id] = request.session_name
+        now = time.monotonic()
+        run = CellRun(request, pool, now)
+        self.cells[request.cell_id] = run
+        if notice:
+            yield pb.CellEvent(cell_id=request.cell_id, time=time.time(), notice=pb.Notice(text=notice))
+        self.apply(self.scheduler.handle(sch.CellSubmitted(
+            request.cell_id, request.session_id, pool, now, fresh=request.options.fresh,
+            idle_timeout=request.options.idle_s or None)))
+        try:
+            while True:
+                event = await run.events.get()
+                if event is None:
+                    break
+                yield event
+        finally:
+            if not run.done:
+                # The client went away (or was interrupted): stop the work it can no longer see.
+                self._cancel(run)
+            self.cells.pop(request.cell_id, None)
+
+    async def CellCancel(self, request: pb.CellCancelRequest, context: aio.ServicerContext) -> pb.CellCancelResponse:
+        await self._check_or_abort(context)
+        run = self.cells.get(request.cell_id)
+        if run is None or run.request.session_id != request.session_id or run.done:
+            return pb.CellCancelResponse(found=False)
+        self._cancel(run)
+        return pb.CellCancelResponse(found=True)
+
+    async def StatusGet(self, request: pb.StatusGetRequest, context: aio.ServicerContext) -> pb.StatusGetResponse:
+        await self._check_or_abort(context)
+        return self.status()
+
+    async def CatalogGet(self, request: pb.CatalogGetRequest, context: aio.ServicerContext) -> pb.CatalogGetResponse:
+        await self._check_or_abort(context)
+        entries = [pb.CatalogEntry(label=label, price_per_hour=p.price_per_hour, max_workers=p.max_workers,
+                                   simulate=p.simulate, served_by=label) for label, p in self.config.pools.items()]
+        return pb.CatalogGetResponse(entries=entries, default_hardware=self.config.default_hardware,
+                                     known_labels=self.known_labels())
+
+    async def WorkerRelease(self, request: pb.WorkerReleaseRequest,
+                            context: aio.ServicerContext) -> pb.WorkerReleaseResponse:
+        await self._check_or_abort(context)
+        pool = None
+        if request.hardware:
+            try:
+                pool, _ = self.resolve_pool(request.hardware, strict=False)
+            except _Abort as abort:
+                await context.abort(abort.code, abort.details)
+        session = request.session_id
+        if request.worker_id and not session:
+            worker = self.scheduler.workers.get(request.worker_id)
+            session = worker.session or "" if worker else ""
+        instructions = self.scheduler.handle(sch.ReleaseRequested(
+            session, time.monotonic(), pool=pool, worker_id=request.worker_id or None))
+        self.apply(instructions)
+        return pb.WorkerReleaseResponse(released=[i.worker_id for i in instructions if isinstance(i, sch.Terminate)])
+
+    async def SessionClose(self, request: pb.SessionCloseRequest,
+                           context: aio.ServicerContext) -> pb.SessionCloseResponse:
+        await self._check_or_abort(context)
+        self.apply(self.scheduler.handle(sch.SessionClosed(request.session_id, time.monotonic())))
+        return pb.SessionCloseResponse()
+
+    async def _check_or_abort(self, context: aio.ServicerContext) -> None:
+        try:
+            self._check(context, self.client_token)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.details)
+
+    # ------------------------------------------------------------ WorkerHub service
+
+    async def WorkerConnect(self, request_iterator: AsyncIterator[pb.WorkerMessage],
+                            context: aio.ServicerContext) -> AsyncIterator[pb.WorkerInstruction]:
+        try:
+            self._check(context, self.worker_token)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.details)
+            return
+        first = await request_iterator.__anext__()
+        if first.WhichOneof("kind") != "register":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a worker must register first")
+            return
+        reg = first.register
+        conn = WorkerConn(reg.worker_id, reg.hardware, reg.pid, reg.node, dict(reg.versions))
+        self.conns[reg.worker_id] = conn
+        now = time.monotonic()
+        if reg.worker_id in self.launches:
+            self.launches[reg.worker_id].ready = now
+            self.apply(self.scheduler.handle(sch.WorkerReady(reg.worker_id, now)))
+        else:
+            pool = next((p for p in self.config.pools if p.lower() == reg.hardware.lower()), reg.hardware)
+            conn.pool = pool
+            self.apply(self.scheduler.handle(sch.WorkerJoined(reg.worker_id, pool, now)))
+        reader = asyncio.get_running_loop().create_task(self._read_worker(conn, request_iterator))
+        try:
+            while True:
+                instruction = await conn.outbox.get()
+                if instruction is None:
+                    break
+                yield instruction
+        finally:
+            reader.cancel()
+            if self.conns.get(conn.worker_id) is conn:
+                del self.conns[conn.worker_id]
+                self.apply(self.scheduler.handle(sch.WorkerGone(conn.worker_id, time.monotonic(), "worker disconnected")))
+
+    async def _read_worker(self, conn: WorkerConn, messages: AsyncIterator[pb.WorkerMessage]) -> None:
+        try:
+            async for message in messages:
+                conn.last_seen = time.monotonic()
+                kind = message.WhichOneof("kind")
+                if kind == "event":
+                    self._on_worker_event(conn, message.event)
+        except (asyncio.CancelledError, aio.AioRpcError, grpc.RpcError):
+            pass
+        finally:
+            conn.outbox.put_nowait(None)
+
+    def _on_worker_event(self, conn: WorkerConn, event: pb.CellEvent) -> None:
+        run = self.cells.get(event.cell_id)
+        if run is None or run.done or run.worker_id != conn.worker_id:
+            return
+        kind = event.WhichOneof("kind")
+        if kind == "error" and run.timed_out:
+            event.error.kind = "timeout"
+            event.error.ename = "CellTimeoutError"
+            event.error.evalue = f"the cell ran past its --timeout of {run.request.options.timeout_s:g}s and was stopped"
+        if kind == "finished":
+            event.finished.queue_s = max(0.0, run.dispatched - run.submitted - run.cold_start_s)
+            event.finished.cold_start_s = run.cold_start_s
+            self._complete(run, event)
+            self.apply(self.scheduler.handle(sch.CellFinished(run.request.cell_id, time.monotonic())))
+            return
+        run.events.put_nowait(event)
+
+    # ------------------------------------------------------------ instructions -> I/O
+
+    def apply(self, instructions: list[sch.Instruction]) -> None:
+        for ins in instructions:
+            if isinstance(ins, sch.Launch):
+                self._spawn(self._launch(ins.worker_id, ins.pool))
+            elif isinstance(ins, sch.Dispatch):
+                self._dispatch(ins)
+            elif isinstance(ins, sch.Terminate):
+                self._spawn(self._terminate(ins.worker_id, ins.reason))
+            elif isinstance(ins, sch.FailCell):
+                run = self.cells.get(ins.cell_id)
+                if run is not None and not run.done:
+                    kind = "timeout" if run.timed_out else ins.kind
+                    self._fail(run, ins.reason, kind)
+            elif isinstance(ins, sch.QueuePosition):
+                run = self.cells.get(ins.cell_id)
+                if run is not None:
+                    run.events.put_nowait(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), queued=pb.Queued(
+                        position=ins.position, hardware=ins.pool)))
+            elif isinstance(ins, sch.UsageRecorded):
+                log.info("usage %s %s %.1fs", ins.session, ins.pool, ins.end - ins.start)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _launch(self, worker_id: str, pool_label: str) -> None:
+        pool = self.config.pools[pool_label]
+        provisioner = self.provisioners[pool.provisioner]
+        self.launches[worker_id] = LaunchRecord(pool_label, time.monotonic(), provisioner)
+        spec = LaunchSpec(worker_id, pool, self.address, self.worker_token, log_dir=self.log_dir)
+        try:
+            await provisioner.launch(spec)
+        except Exception as exc:  # noqa: BLE001 - any launch failure fails the waiting cell with its reason
+            log.exception("launch of %s failed", worker_id)
+            self.launches.pop(worker_id, None)
+            self.apply(self.scheduler.handle(sch.WorkerGone(worker_id, time.monotonic(), f"launch failed: {exc}")))
+
+    def _dispatch(self, ins: sch.Dispatch) -> None:
+        run = self.cells.get(ins.cell_id)
+        conn = self.conns.get(ins.worker_id)
+        if run is None or conn is None:
+            # Client vanished between queueing and dispatch: free the worker again.
+            self.apply(self.scheduler.handle(sch.CellFinished(ins.cell_id, time.monotonic())))
+            return
+        now = time.monotonic()
+        run.worker_id = ins.worker_id
+        run.dispatched = now
+        record = self.launches.get(ins.worker_id)
+        if ins.cold and record is not None and record.ready:
+            run.cold_start_s = record.ready - max(record.launched, run.submitted)
+        conn.outbox.put_nowait(pb.WorkerInstruction(execute=run.request))
+        run.events.put_nowait(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), started=pb.Started(
+            worker_id=ins.worker_id, hardware=run.pool, cold=ins.cold, node=conn.node)))
+        timeout = run.request.options.timeout_s
+        if timeout > 0:
+            run.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout, run)
+
+    def _on_timeout(self, run: CellRun) -> None:
+        if run.done:
+            return
+        run.timed_out = True
+        self._send_cancel(run)
+        # A cell that ignores the interrupt loses its worker after a grace period.
+        asyncio.get_running_loop().call_later(5.0, self._release_stuck, run)
+
+    def _release_stuck(self, run: CellRun) -> None:
+        if not run.done and run.worker_id:
+            self.apply(self.scheduler.handle(sch.ReleaseRequested(
+                run.request.session_id, time.monotonic(), worker_id=run.worker_id)))
+
+    async def _terminate(self, worker_id: str, reason: str) -> None:
+        conn = self.conns.get(worker_id)
+        if conn is not None:
+            conn.outbox.put_nowait(pb.WorkerInstruction(shutdown=pb.WorkerShutdown(reason=reason)))
+        record = self.launches.get(worker_id)
+        if record is not None:
+            await record.provisioner.terminate(worker_id)
+        elif conn is not None:
+            conn.outbox.put_nowait(None)
+
+    def _send_cancel(self, run: CellRun) -> None:
+        conn = self.conns.get(run.worker_id)
+        if conn is not None:
+            conn.outbox.put_nowait(pb.WorkerInstruction(cancel=pb.CellCancelRequest(
+                session_id=run.request.session_id, cell_id=run.request.cell_id)))
+
+    def _cancel(self, run: CellRun) -> None:
+        if run.worker_id:
+            self._send_cancel(run)
+        else:
+            self.apply(self.scheduler.handle(sch.CellWithdrawn(run.request.cell_id, time.monotonic())))
+
+    def _complete(self, run: CellRun, finished: pb.CellEvent) -> None:
+        run.done = True
+        if run.timer:
+            run.timer.cancel()
+        run.events.put_nowait(finished)
+        run.events.put_nowait(None)
+
+    def _fail(self, run: CellRun, reason: str, kind: str) -> None:
+        ename = {"timeout": "CellTimeoutError", "cancelled": "KeyboardInterrupt",
+                 "worker_lost": "WorkerLostError"}.get(kind, "GpucellError")
+        if kind == "timeout":
+            reason = f"the cell ran past its --timeout of {run.request.options.timeout_s:g}s and was stopped"
+        run.events.put_nowait(pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
+                                           error=pb.Error(ename=ename, evalue=reason, kind=kind)))
+        self._complete(run, pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
+                                         finished=pb.Finished(ok=False)))
+
+    # ------------------------------------------------------------ housekeeping
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)  # a periodic timer, not synchronisation
+            try:
+                await self._tick()
+            except Exception:  # noqa: BLE001 - the broker must not fall over on one bad tick
+                log.exception("tick failed")
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        for worker_id, record in list(self.launches.items()):
+            reason = await record.provisioner.poll(worker_id)
+            if reason is not None:
+                self.launches.pop(worker_id, None)
+                conn = self.conns.pop(worker_id, None)
+                if conn is not None:
+                    conn.outbox.put_nowait(None)
+                self.apply(self.scheduler.handle(sch.WorkerGone(worker_id, now, reason)))
+            elif not record.ready and now - record.launched > self.config.worker_start_timeout:
+                await record.provisioner.terminate(worker_id, grace_s=0.5)
+                self.apply(self.scheduler.handle(sch.WorkerGone(
+                    worker_id, now, f"did not register within {self.config.worker_start_timeout:g}s")))
+        for conn in list(self.conns.values()):
+            if now - conn.last_seen > self.config.heartbeat_timeout:
+                self.conns.pop(conn.worker_id, None)
+                conn.outbox.put_nowait(None)
+                record = self.launches.get(conn.worker_id)
+                if record is not None:
+                    await record.provisioner.terminate(conn.worker_id, grace_s=0.5)
+                self.apply(self.scheduler.handle(sch.WorkerGone(
+                    conn.worker_id, now, f"no heartbeat for {self.config.heartbeat_timeout:g}s")))
+        self.apply(self.scheduler.handle(sch.Tick(now)))
+
+    def status(self) -> pb.StatusGetResponse:
+        now = time.monotonic()
+        pools = []
+        for label, cfg in self.config.pools.items():
+            workers = []
+            for w in self.scheduler.workers.values():
+                if w.pool != label:
+                    continue
+                idle = now - w.last_active if w.state is sch.WorkerState.IDLE else 0.0
+                release_in = max(0.0, w.idle_timeout - idle) if w.state is sch.WorkerState.IDLE else -1.0
+                conn = self.conns.get(w.id)
+                workers.append(pb.WorkerStatus(
+                    id=w.id, state=w.state.value, session=w.session or "", idle_s=idle, hardware=label,
+                    release_in_s=release_in, session_name=self.session_names.get(w.session or "", ""),
+                    pid=conn.pid if conn else 0, node=conn.node if conn else ""))
+            pools.append(pb.PoolStatus(
+                label=label, workers=workers, queued=self.scheduler.queue_length(label),
+                max_workers=cfg.max_workers, min_warm=cfg.min_warm, idle_timeout=cfg.idle_timeout,
+                price_per_hour=cfg.price_per_hour, simulate=cfg.simulate))
+        usage = []
+        for (session, pool), seconds in sorted(self.scheduler.usage_snapshot(now).items()):
+            price = self.config.pools[pool].price_per_hour if pool in self.config.pools else 0.0
+            usage.append(pb.UsageRecord(session=session, hardware=pool, worker_seconds=seconds,
+                                        cost=seconds * price / 3600.0, session_name=self.session_names.get(session, "")))
+        return pb.StatusGetResponse(pools=pools, usage=usage, broker_address=self.address)
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details

@@ -1,0 +1,262 @@
+"""A session (one notebook kernel): sends a cell with the values it reads, applies what comes back."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gpucell.client.broker_client import BrokerClient
+from gpucell.errors import (CellTimeoutError, ConfigError, GpucellError, RemoteError, RemoteRefError,
+                            SerializationError, UnknownHardwareError, WorkerLostError)
+from gpucell.namespace import serialize
+from gpucell.namespace.analysis import CellSyntaxError, analyze
+from gpucell.namespace.remote_ref import RemoteRef
+from gpucell.protocol import gpucell_pb2 as pb
+
+CANCEL_DRAIN_S = 10.0
+
+
+class OutputSink(Protocol):
+    """Where a cell's live output goes (the magics write to the notebook)."""
+
+    def stream(self, name: str, text: str) -> None: ...
+
+    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None: ...
+
+    def phase(self, text: str) -> None: ...
+
+
+@dataclass
+class CellOptions:
+    hardware: str = ""
+    timeout_s: float = 0.0
+    idle_s: float = 0.0
+    fresh: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    pull: list[str] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)
+    retries: int = 0
+    strict: bool = False
+    return_limit: int = 0
+
+
+@dataclass
+class CellReport:
+    """What happened, for the caller (and tests): where it ran and what it cost in time and bytes."""
+
+    cell_id: str
+    hardware: str = ""
+    worker_id: str = ""
+    cold: bool = False
+    queue_positions: list[int] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    finished: pb.Finished | None = None
+    assigned: list[str] = field(default_factory=list)
+    refs: list[str] = field(default_factory=list)
+
+
+class Session:
+    """The client side of one notebook kernel's remote session."""
+
+    def __init__(self, client: BrokerClient, *, session_id: str | None = None, session_name: str = "") -> None:
+        self.client = client
+        self.session_id = session_id or uuid.uuid4().hex
+        self.session_name = session_name
+        self.default_hardware = ""
+        self.refs: dict[str, RemoteRef] = {}
+        self.workers: dict[str, str] = {}      # pool -> the worker that holds this session's state
+        self._known_labels: list[str] | None = None
+        self.last_report: CellReport | None = None
+        self._notices_shown: set[str] = set()
+
+    # ------------------------------------------------------------ checks before sending
+
+    def known_labels(self) -> list[str]:
+        if self._known_labels is None:
+            self._known_labels = list(self.client.catalog_pb().known_labels)
+        return self._known_labels
+
+    def check_hardware(self, hardware: str) -> str:
+        spec = hardware.strip()
+        if not spec:
+            return ""
+        base, _, count = spec.partition(":")
+        if count and (not count.isdigit() or int(count) < 1):
+            raise ConfigError(f"bad hardware {spec!r}: the count after ':' must be a positive integer")
+        known = self.known_labels()
+        if base.lower() not in {label.lower() for label in known}:
+            raise UnknownHardwareError(f"no pool serves {spec!r} (known: {', '.join(known)})")
+        return spec
+
+    def build_request(self, source: str, user_ns: MutableMapping[str, Any], options: CellOptions,
+                      skip: set[str], execution_count: int = 0) -> pb.CellExecuteRequest:
+        """Everything that can go wrong locally goes wrong here, before anything is sent."""
+        try:
+            names = analyze(source)
+        except CellSyntaxError as exc:
+            raise ConfigError(f"syntax error in the cell, {exc}") from None
+        hardware = self.check_hardware(options.hardware or self.default_hardware)
+        request = pb.CellExecuteRequest(
+            session_id=self.session_id, cell_id=uuid.uuid4().hex, hardware=hardware, source=source,
+            execution_count=execution_count, session_name=self.session_name,
+            assigns=[n for n in names.assigns if n not in skip], deletes=list(names.deletes),
+            options=pb.CellOptions(timeout_s=options.timeout_s, idle_s=options.idle_s, fresh=options.fresh,
+                                   env=options.env, pull=options.pull, keep=options.keep, retries=options.retries,
+                                   strict=options.strict, return_limit=options.return_limit))
+        seen_blobs: set[str] = set()
+        for name in names.reads:
+            if name in skip or name not in user_ns:
+                continue
+            value = user_ns[name]
+            if isinstance(value, RemoteRef):
+                if value.lost:
+                    raise RemoteRefError(value.lost_message())
+                request.refs.append(name)
+                continue
+            statement = serialize.module_import(name, value)
+            if statement is not None:
+                request.imports.append(statement)
+                continue
+            packed = serialize.pack(name, value)
+            request.inputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
+                                                size=len(packed.data)))
+            if packed.hash not in seen_blobs:
+                seen_blobs.add(packed.hash)
+                request.blobs.append(pb.Blob(hash=packed.hash, data=packed.data))
+        return request
+
+    # ------------------------------------------------------------ running
+
+    def run_cell(self, source: str, user_ns: MutableMapping[str, Any], options: CellOptions, sink: OutputSink,
+                 *, skip: set[str] | None = None, execution_count: int = 0) -> CellReport:
+        request = self.build_request(source, user_ns, options, skip or set(), execution_count)
+        report = CellReport(cell_id=request.cell_id)
+        self.last_report = report
+        result: pb.Result | None = None
+        error: pb.Error | None = None
+        events = self.client.execute(request)
+        try:
+            for event in events:
+                kind = event.WhichOneof("kind")
+                if kind == "stream":
+                    sink.stream(event.stream.name, event.stream.text)
+                elif kind == "display":
+                    sink.display(json.loads(event.display.data_json), json.loads(event.display.metadata_json or "{}"),
+                                 event.display.execute_result)
+                elif kind == "queued":
+                    report.queue_positions.append(event.queued.position)
+                    sink.phase(f"queued: #{event.queued.position} for {event.queued.hardware}")
+                elif kind == "started":
+                    self._on_started(report, event.started)
+                elif kind == "notice":
+                    report.notices.append(event.notice.text)
+                    if event.notice.text not in self._notices_shown:  # one line, once per session
+                        self._notices_shown.add(event.notice.text)
+                        sink.phase(event.notice.text)
+                elif kind == "result":
+                    result = event.result
+                elif kind == "error":
+                    error = event.error
+                elif kind == "finished":
+                    report.finished = event.finished
+                    break
+        except KeyboardInterrupt:
+            self._interrupt(request.cell_id, events)
+            raise
+        if error is not None:
+            raise self._error(error, request, report)
+        if result is None:
+            raise WorkerLostError("the cell ended without a result (broker or worker went away)")
+        self._apply(result, user_ns, report, execution_count)
+        return report
+
+    def _on_started(self, report: CellReport, started: pb.Started) -> None:
+        report.hardware = started.hardware
+        report.worker_id = started.worker_id
+        report.cold = started.cold
+        previous = self.workers.get(started.hardware)
+        if previous and previous != started.worker_id:
+            self.mark_lost(previous)
+        self.workers[started.hardware] = started.worker_id
+
+    def _interrupt(self, cell_id: str, events: Any) -> None:
+        """Ctrl-C / kernel interrupt: stop the cell on the worker, wait (bounded) for it to end."""
+        try:
+            self.client.cancel(self.session_id, cell_id)
+        except GpucellError:
+            return
+        deadline = time.monotonic() + CANCEL_DRAIN_S
+        try:
+            for event in events:
+                if event.WhichOneof("kind") == "finished" or time.monotonic() > deadline:
+                    break
+        except (GpucellError, KeyboardInterrupt):
+            pass
+
+    def _error(self, error: pb.Error, request: pb.CellExecuteRequest, report: CellReport) -> BaseException:
+        if error.kind == "cancelled":
+            return KeyboardInterrupt()
+        if error.kind == "timeout":
+            return CellTimeoutError(error.evalue)
+        if error.kind == "worker_lost":
+            self.mark_lost(report.worker_id)
+            return WorkerLostError(error.evalue)
+        if error.ename == "RemoteRefError":
+            self.mark_lost(self.refs[request.refs[0]].worker_id if request.refs and request.refs[0] in self.refs
+                           else "")
+            lost = [self.refs[n] for n in request.refs if n in self.refs and self.refs[n].lost]
+            return RemoteRefError(lost[0].lost_message() if lost else error.evalue)
+        if error.kind == "rejected":
+            return ConfigError(error.evalue)
+        return RemoteError(error.ename, error.evalue, list(error.traceback), hardware=report.hardware)
+
+    def _apply(self, result: pb.Result, user_ns: MutableMapping[str, Any], report: CellReport,
+               execution_count: int) -> None:
+        """Update the local namespace all at once, only after every value has been loaded."""
+        blobs = {b.hash: b.data for b in result.blobs}
+        updates: dict[str, Any] = {}
+        for value in result.outputs:
+            try:
+                updates[value.name] = serialize.loads(blobs[value.hash])
+            except Exception as exc:  # noqa: BLE001 - a value we cannot load here stays usable remotely
+                raise SerializationError(f"cannot load {value.name!r} ({value.type_name}) here: {exc}") from None
+        for info in result.refs:
+            ref = RemoteRef(info.name, info.type_name, info.size, info.hardware or report.hardware,
+                            info.worker_id or report.worker_id, info.reason, info.summary, execution_count)
+            updates[info.name] = ref
+            self.refs[info.name] = ref
+        for name in updates:
+            if name in self.refs and not isinstance(updates[name], RemoteRef):
+                del self.refs[name]
+        user_ns.update(updates)
+        for name in result.deleted:
+            user_ns.pop(name, None)
+            self.refs.pop(name, None)
+        report.assigned = [v.name for v in result.outputs]
+        report.refs = [r.name for r in result.refs]
+
+    def mark_lost(self, worker_id: str) -> None:
+        if not worker_id:
+            return
+        for ref in self.refs.values():
+            if ref.worker_id == worker_id:
+                ref.lost = True
+        for pool, held in list(self.workers.items()):
+            if held == worker_id:
+                del self.workers[pool]
+
+    def release(self, hardware: str = "") -> list[str]:
+        released = self.client.release(self.session_id, hardware=hardware)
+        for worker_id in released:
+            self.mark_lost(worker_id)
+        return released
+
+    def close(self) -> None:
+        try:
+            self.client.close_session(self.session_id)
+        except GpucellError:
+            pass

@@ -1,0 +1,69 @@
+"""The errors a gpucell user can see; gRPC failures are translated into these in one place (client)."""
+
+from __future__ import annotations
+
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class GpucellError(Exception):
+    """Base of every gpucell error; its message is one line that names what is at fault."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of the local traceback of our machinery: one clear line.
+        return [f"{type(self).__name__}: {self}"]
+
+
+class ConfigError(GpucellError):
+    """A bad option, label or config value, found before anything was sent."""
+
+
+class UnknownHardwareError(ConfigError):
+    """No pool serves the requested hardware label."""
+
+
+class SerializationError(GpucellError):
+    """A value the cell reads cannot be sent to the worker."""
+
+
+class BrokerUnavailableError(GpucellError):
+    """The broker cannot be reached (closed port, wrong address, broker gone)."""
+
+
+class AuthenticationError(GpucellError):
+    """The broker refused our token."""
+
+
+class WorkerLostError(GpucellError):
+    """The worker running the cell died or was released."""
+
+
+class CellTimeoutError(GpucellError):
+    """The cell ran longer than its --timeout."""
+
+
+class RemoteRefError(GpucellError):
+    """A RemoteRef was used locally, or its worker is gone."""
+
+
+class RemoteError(GpucellError):
+    """The cell raised on the worker; carries the remote exception's name, value and traceback."""
+
+    def __init__(self, ename: str, evalue: str, traceback: list[str] | None = None, hardware: str = "") -> None:
+        super().__init__(f"{ename}: {evalue}" if evalue else ename)
+        self.ename = ename
+        self.evalue = evalue
+        self.remote_traceback = list(traceback or [])
+        self.hardware = hardware
+
+    @property
+    def traceback_text(self) -> str:
+        """The remote traceback without terminal colours (for logs and tests)."""
+        return _ANSI.sub("", "\n".join(self.remote_traceback))
+
+    def _render_traceback_(self) -> list[str]:
+        # The remote frames, rendered like a local traceback, so the notebook shows the user's line.
+        where = f" (on {self.hardware} worker)" if self.hardware else ""
+        header = f"RemoteError{where}:"
+        return [header, *self.remote_traceback] if self.remote_traceback else [header, str(self)]

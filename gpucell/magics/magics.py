@@ -1,0 +1,182 @@
+"""IPython magics: %%gpu, %gpu_status, %gpu_release, %gpu_pull — thin, over the client's Session."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import HTML, display, publish_display_data
+from traitlets import Bool, Float, Int, Unicode
+from traitlets.config import Configurable
+
+from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
+from gpucell.client import BrokerClient
+from gpucell.client.session import CellOptions, Session
+from gpucell.config import ENV_BROKER, ENV_TOKEN
+from gpucell.errors import ConfigError, RemoteRefError
+from gpucell.magics.status_view import status_html, status_text
+from gpucell.namespace.remote_ref import RemoteRef
+
+_HIDDEN = {"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___", "_ih", "_oh", "_dh", "_ii", "_iii"}
+
+
+class GPUCell(Configurable):
+    """Settings of the %%gpu magics (`c.GPUCell.*` in an IPython/Jupyter config file)."""
+
+    default_hardware = Unicode("", help="hardware for a bare %%gpu; empty: the broker's default").tag(config=True)
+    strict = Bool(False, help="error instead of CPU fallback when the hardware is absent").tag(config=True)
+    timeout = Float(0.0, help="default --timeout in seconds (0: none)").tag(config=True)
+    return_limit_mb = Int(256, help="values larger than this stay on the worker as RemoteRefs").tag(config=True)
+
+
+class NotebookSink:
+    """Live output into the notebook: streams as written, displays as MIME bundles, phases on stderr."""
+
+    def stream(self, name: str, text: str) -> None:
+        out = sys.stdout if name == "stdout" else sys.stderr
+        out.write(text)
+        out.flush()
+
+    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
+        publish_display_data(data, metadata)
+
+    def phase(self, text: str) -> None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _names(value: str, option: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    for name in names:
+        if not name.isidentifier():
+            raise ConfigError(f"{option}: {name!r} is not a variable name")
+    return names
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+@magics_class
+class GPUCellMagics(Magics):
+    """The magics own their client and session; nothing global."""
+
+    def __init__(self, shell: Any, settings: GPUCell, session: Session, broker: EmbeddedBroker | None) -> None:
+        super().__init__(shell)
+        self.settings = settings
+        self.session = session
+        self.broker = broker
+        self.sink: Any = NotebookSink()
+        self.closed = False
+        if settings.default_hardware:
+            session.default_hardware = settings.default_hardware
+
+    def skip_names(self) -> set[str]:
+        hidden = set(getattr(self.shell, "user_ns_hidden", {})) | _HIDDEN
+        return hidden
+
+    @magic_arguments()
+    @argument("hardware", nargs="?", default="", help="A100, A100:2, H100, T4, cpu; default: the picked one")
+    @argument("--timeout", type=float, default=None, help="stop the cell after S seconds")
+    @argument("--idle", type=float, default=0.0, help="release this session's worker after S idle seconds")
+    @argument("--pull", default="", help="A,B: return these even if large")
+    @argument("--keep", default="", help="A,B: leave these on the worker (RemoteRef)")
+    @argument("--fresh", action="store_true", help="a new worker; nothing inherited")
+    @argument("--retries", type=int, default=0, help="retry on worker loss")
+    @argument("--env", action="append", default=[], metavar="K=V", help="environment variable on the worker")
+    @argument("--strict", action="store_true", help="error instead of running on the CPU when HW is absent")
+    @cell_magic
+    def gpu(self, line: str, cell: str) -> None:
+        """Run this cell on a remote worker, with the variables it reads; what it assigns comes back."""
+        args = parse_argstring(self.gpu, line)
+        if args.timeout is not None and args.timeout <= 0:
+            raise ConfigError(f"--timeout {args.timeout:g}: must be positive")
+        if args.idle < 0:
+            raise ConfigError(f"--idle {args.idle:g}: must be positive")
+        if args.retries < 0:
+            raise ConfigError(f"--retries {args.retries}: must be zero or more")
+        options = CellOptions(
+            hardware=args.hardware, timeout_s=args.timeout or self.settings.timeout, idle_s=args.idle,
+            fresh=args.fresh, env=_env(args.env), pull=_names(args.pull, "--pull"), keep=_names(args.keep, "--keep"),
+            retries=args.retries, strict=args.strict or self.settings.strict,
+            return_limit=self.settings.return_limit_mb * 1_000_000)
+        self.session.run_cell(cell, self.shell.user_ns, options, self.sink, skip=self.skip_names(),
+                              execution_count=self.shell.execution_count)
+
+    @line_magic
+    def gpu_status(self, line: str = "") -> None:
+        """Pools, workers, queue, and this session's usage and cost."""
+        status = self.session.client.status()
+        if "ipykernel" in sys.modules and getattr(self.shell, "kernel", None) is not None:
+            display(HTML(status_html(status, self.session.session_id)))
+        else:
+            print(status_text(status, self.session.session_id))
+
+    @magic_arguments()
+    @argument("hardware", nargs="?", default="", help="release only this label's worker")
+    @line_magic
+    def gpu_release(self, line: str = "") -> None:
+        """Release this session's workers now (their remote state is gone)."""
+        args = parse_argstring(self.gpu_release, line)
+        if args.hardware:
+            self.session.check_hardware(args.hardware)
+        released = self.session.release(args.hardware)
+        print(f"released {', '.join(released)}" if released else "no workers to release")
+
+    @magic_arguments()
+    @argument("names", nargs="+", help="RemoteRef variables to bring here")
+    @line_magic
+    def gpu_pull(self, line: str = "") -> None:
+        """Fetch RemoteRef values into the local namespace (device-bound values as CPU copies)."""
+        args = parse_argstring(self.gpu_pull, line)
+        user_ns = self.shell.user_ns
+        for name in args.names:
+            value = user_ns.get(name)
+            if not isinstance(value, RemoteRef):
+                raise ConfigError(f"%gpu_pull {name}: not a RemoteRef" if name in user_ns
+                                  else f"%gpu_pull {name}: no such variable")
+            if value.lost:
+                raise RemoteRefError(value.lost_message())
+        pulled = ", ".join(args.names)
+        source = (f"from gpucell.namespace.pull import to_host as __gpucell_to_host\n"
+                  f"{pulled}, = __gpucell_to_host({pulled},)\n")
+        hardware = self.session.refs[args.names[0]].hardware
+        self.session.run_cell(source, user_ns, CellOptions(hardware=hardware, return_limit=1 << 62,
+                                                           pull=list(args.names)),
+                              self.sink, skip=self.skip_names() | {"__gpucell_to_host"})
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
+        self.session.close()
+        self.session.client.close()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+
+def connect(shell: Any) -> GPUCellMagics:
+    """The magics for this kernel: GPUCELL_BROKER if set, else an embedded broker on 127.0.0.1."""
+    settings = GPUCell(parent=shell, config=shell.config)
+    broker = None
+    if os.environ.get(ENV_BROKER):
+        client = BrokerClient(os.environ[ENV_BROKER], os.environ.get(ENV_TOKEN, ""))
+    else:
+        broker = start_embedded_broker()
+        client = BrokerClient(broker.address, broker.token)
+    session = Session(client, session_name=os.environ.get("JPY_SESSION_NAME", ""))
+    magics = GPUCellMagics(shell, settings, session, broker)
+    atexit.register(magics.close)
+    return magics

@@ -1,0 +1,1 @@
+"""What a cell needs and gives back: AST analysis, serialization, blob cache, RemoteRef."""

@@ -1,0 +1,294 @@
+"""The worker process: dials the broker, registers, runs cells in a persistent shell, streams events."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import cloudpickle
+import grpc
+
+from gpucell import hardware
+from gpucell.namespace import serialize
+from gpucell.protocol import gpucell_pb2 as pb
+from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
+from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
+
+DEFAULT_RETURN_LIMIT = 256 * 1024 * 1024
+HEARTBEAT_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL this process when the broker that started it dies, so no worker is orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before prctl took effect
+
+
+class PrepareError(Exception):
+    """The cell could not be set up (an input failed to unpickle, a RemoteRef is gone)."""
+
+    def __init__(self, ename: str, evalue: str) -> None:
+        super().__init__(evalue)
+        self.ename = ename
+        self.evalue = evalue
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "cloudpickle": cloudpickle.__version__}
+    try:
+        import numpy  # noqa: PLC0415 - optional on a worker; reported for the version pre-flight
+        found["numpy"] = numpy.__version__
+    except ImportError:
+        pass
+    return found
+
+
+class Worker:
+    """One worker serves one session at a time; its shell keeps the session's remote namespace."""
+
+    def __init__(self, broker: str, hardware_label: str, worker_id: str, token: str) -> None:
+        self.broker = broker
+        self.hardware = hardware_label
+        self.worker_id = worker_id
+        self.token = token
+        self.outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
+        self.inbox: queue.Queue[pb.WorkerInstruction | None] = queue.Queue()
+        self.blobs: dict[str, bytes] = {}
+        self.kept: dict[str, pb.RemoteRefInfo] = {}
+        self.current_cell = ""
+        self.cancelled_cell = ""
+        self.interruptible = False
+        self.shell: WorkerShell = make_shell(self)
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------ Emitter (called from user code)
+
+    def _emit(self, cell_id: str, **kind: Any) -> None:
+        self.outbox.put(pb.WorkerMessage(event=pb.CellEvent(cell_id=cell_id, time=time.time(), **kind)))
+
+    def stream(self, name: str, text: str) -> None:
+        if self.current_cell:
+            self._emit(self.current_cell, stream=pb.Stream(name=name, text=text))
+
+    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
+        if self.current_cell:
+            self._emit(self.current_cell, display=pb.Display(
+                data_json=mime_json(data), metadata_json=mime_json(metadata), execute_result=execute_result))
+
+    # ------------------------------------------------------------ connection
+
+    def _requests(self) -> Iterator[pb.WorkerMessage]:
+        """Outgoing messages; consecutive stream chunks of one cell are merged when they pile up."""
+        pending: pb.WorkerMessage | None = None
+        while True:
+            msg = pending if pending is not None else self.outbox.get()
+            pending = None
+            if msg is None:
+                return
+            if msg.WhichOneof("kind") == "event" and msg.event.WhichOneof("kind") == "stream":
+                while True:
+                    try:
+                        nxt = self.outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if (nxt is not None and nxt.WhichOneof("kind") == "event"
+                            and nxt.event.WhichOneof("kind") == "stream"
+                            and nxt.event.cell_id == msg.event.cell_id
+                            and nxt.event.stream.name == msg.event.stream.name):
+                        msg.event.stream.text += nxt.event.stream.text
+                        continue
+                    pending = nxt
+                    break
+            yield msg
+            if pending is None and msg is None:
+                return
+
+    def _read(self, responses: Iterator[pb.WorkerInstruction]) -> None:
+        try:
+            for instruction in responses:
+                if instruction.WhichOneof("kind") == "cancel":
+                    self._cancel(instruction.cancel.cell_id)
+                else:
+                    self.inbox.put(instruction)
+        except grpc.RpcError:
+            pass
+        finally:
+            self.inbox.put(None)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self.outbox.put(pb.WorkerMessage(heartbeat=pb.WorkerHeartbeat()))
+
+    def _cancel(self, cell_id: str) -> None:
+        if cell_id != self.current_cell:
+            return
+        self.cancelled_cell = cell_id
+        if self.interruptible:
+            # Delivered to the main thread: interrupts time.sleep and pure-Python loops alike.
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interruptible:
+            raise KeyboardInterrupt
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, lambda *_: self.inbox.put(None))
+        sys.stdout = CellStream("stdout", self.stream)
+        sys.stderr = CellStream("stderr", self.stream)
+        devices = hardware.visible_devices(hardware.nvml_inventory())
+        gpus = [pb.GpuInfo(name=d.name, uuid=d.uuid, memory_total=d.memory_total, label=d.label) for d in devices]
+        self.outbox.put(pb.WorkerMessage(register=pb.WorkerRegister(
+            worker_id=self.worker_id, hardware=self.hardware, pid=os.getpid(),
+            node=os.environ.get("GPUCELL_NODE", socket.gethostname()), versions=versions(), gpus=gpus)))
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        channel = grpc.insecure_channel(self.broker, options=options)
+        stub = pb_grpc.WorkerHubStub(channel)
+        responses = stub.WorkerConnect(self._requests(), metadata=(("authorization", f"Bearer {self.token}"),))
+        threading.Thread(target=self._read, args=(responses,), daemon=True, name="gpucell-reader").start()
+        threading.Thread(target=self._heartbeat, daemon=True, name="gpucell-heartbeat").start()
+        try:
+            while True:
+                instruction = self.inbox.get()
+                if instruction is None or instruction.WhichOneof("kind") == "shutdown":
+                    break
+                if instruction.WhichOneof("kind") == "execute":
+                    self.execute(instruction.execute)
+        finally:
+            self._stop.set()
+            self.outbox.put(None)
+            channel.close()
+        return 0
+
+    # ------------------------------------------------------------ cells
+
+    def _prepare(self, req: pb.CellExecuteRequest) -> int:
+        """Bind the cell's inputs in the shell's namespace; returns the bytes received."""
+        ns = self.shell.user_ns
+        os.environ.update(dict(req.options.env))
+        received = 0
+        for blob in req.blobs:
+            self.blobs[blob.hash] = blob.data
+            received += len(blob.data)
+        for statement in req.imports:
+            try:
+                exec(statement, ns)  # noqa: S102 - an import statement the client built from a module value
+            except Exception as exc:  # noqa: BLE001
+                raise PrepareError(type(exc).__name__, f"{statement!r} failed on the worker: {exc}") from None
+        for value in req.inputs:
+            data = self.blobs.get(value.hash)
+            if data is None:
+                raise PrepareError("GpucellError", f"input {value.name!r} was not sent (blob {value.hash[:12]} missing)")
+            try:
+                ns[value.name] = serialize.loads(data)
+            except Exception as exc:  # noqa: BLE001
+                raise PrepareError(type(exc).__name__, f"cannot load {value.name!r} ({value.type_name}) "
+                                   f"on the worker: {exc}") from None
+            self.kept.pop(value.name, None)
+        for name in req.refs:
+            if name not in self.kept or name not in ns:
+                raise PrepareError("RemoteRefError", f"RemoteRef {name!r} is not on this worker ({self.worker_id}); "
+                                   "its worker is gone")
+        return received
+
+    def _collect(self, req: pb.CellExecuteRequest) -> tuple[pb.Result, int]:
+        ns = self.shell.user_ns
+        result = pb.Result()
+        sent = 0
+        limit = req.options.return_limit or DEFAULT_RETURN_LIMIT
+        for name in req.assigns:
+            if name not in ns:
+                continue
+            value = ns[name]
+            if name in req.options.keep:
+                result.refs.append(self._keep(name, value, "kept by --keep", 0))
+                continue
+            try:
+                packed = serialize.pack(name, value)
+            except Exception as exc:  # noqa: BLE001 - unpicklable values stay remote
+                result.refs.append(self._keep(name, value, f"unpicklable: {str(exc).split(': ', 1)[-1]}", 0))
+                continue
+            if len(packed.data) > limit and name not in req.options.pull:
+                result.refs.append(self._keep(name, value, f"larger than the {limit // 1_000_000} MB return limit",
+                                              len(packed.data)))
+                continue
+            self.kept.pop(name, None)
+            result.outputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
+                                                size=len(packed.data)))
+            result.blobs.append(pb.Blob(hash=packed.hash, data=packed.data))
+            sent += len(packed.data)
+        for name in req.deletes:
+            if name not in ns:
+                result.deleted.append(name)
+                self.kept.pop(name, None)
+        return result, sent
+
+    def _keep(self, name: str, value: Any, reason: str, size: int) -> pb.RemoteRefInfo:
+        info = pb.RemoteRefInfo(name=name, type_name=serialize.type_name(value), size=size, reason=reason,
+                                hardware=self.hardware, worker_id=self.worker_id, summary=_summary(value))
+        self.kept[name] = info
+        return info
+
+    def execute(self, req: pb.CellExecuteRequest) -> None:
+        cell = req.cell_id
+        self.current_cell = cell
+        started = time.perf_counter()
+        ok = False
+        received = sent = 0
+        try:
+            received = self._prepare(req)
+            if self.cancelled_cell == cell:
+                raise PrepareError("KeyboardInterrupt", "cancelled before it started")
+            if req.execution_count:
+                self.shell.execution_count = req.execution_count
+            self.shell.last_error = None
+            self.interruptible = True
+            try:
+                self.shell.run_cell(req.source, store_history=True)
+            finally:
+                self.interruptible = False
+            error = self.shell.last_error
+            if error is not None:
+                ename, evalue, stb = error
+                kind = "cancelled" if ename == "KeyboardInterrupt" and self.cancelled_cell == cell else "user"
+                self._emit(cell, error=pb.Error(ename=ename, evalue=evalue, traceback=stb, kind=kind))
+            else:
+                result, sent = self._collect(req)
+                self._emit(cell, result=result)
+                ok = True
+        except PrepareError as exc:
+            kind = "cancelled" if exc.ename == "KeyboardInterrupt" else "user"
+            self._emit(cell, error=pb.Error(ename=exc.ename, evalue=exc.evalue, kind=kind))
+        except KeyboardInterrupt:
+            # An interrupt that landed outside user code: the cell still ends as cancelled.
+            self._emit(cell, error=pb.Error(ename="KeyboardInterrupt", evalue="", kind="cancelled"))
+        finally:
+            self._emit(cell, finished=pb.Finished(run_s=time.perf_counter() - started, bytes_in=received,
+                                                  bytes_out=sent, ok=ok))
+            self.current_cell = ""
+            self.cancelled_cell = ""
+
+
+def _summary(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        device = getattr(value, "device", None)
+        where = f", device={device}" if device is not None and str(device) != "cpu" else ""
+        return f"shape={tuple(shape)}, dtype={dtype}{where}"
+    return ""
