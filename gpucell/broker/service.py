@@ -339,7 +339,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             run.cold_start_s = record.ready - max(record.launched, run.submitted)
         conn.outbox.put_nowait(pb.WorkerInstruction(execute=run.request))
         run.events.put_nowait(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), started=pb.Started(
-            worker_id=ins.worker_id, hardware=run.pool, cold=ins.cold, node=conn.node)))
+            worker_id=ins.worker_id, hardware=run.pool, cold=ins.cold, node=conn.node, versions=conn.versions)))
         timeout = run.request.options.timeout_s
         if timeout > 0:
             run.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout, run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import time
 import uuid
 from collections.abc import MutableMapping
@@ -12,12 +13,13 @@ from typing import Any, Protocol
 from gpucell.client.broker_client import BrokerClient
 from gpucell.errors import (CellTimeoutError, ConfigError, GpucellError, RemoteError, RemoteRefError,
                             SerializationError, UnknownHardwareError, WorkerLostError)
-from gpucell.namespace import serialize
+from gpucell.namespace import serialize, transfer
 from gpucell.namespace.analysis import CellSyntaxError, analyze
 from gpucell.namespace.remote_ref import RemoteRef
 from gpucell.protocol import gpucell_pb2 as pb
 
 CANCEL_DRAIN_S = 10.0
+INLINE_LIMIT = 1 << 20   # larger inputs wait until the worker says it lacks them, then go by raw TCP
 
 
 class OutputSink(Protocol):
@@ -72,6 +74,9 @@ class Session:
         self._known_labels: list[str] | None = None
         self.last_report: CellReport | None = None
         self._notices_shown: set[str] = set()
+        self._pending: dict[str, serialize.Packed] = {}
+        self._requested_hardware = ""
+        self.worker_versions: dict[str, dict[str, str]] = {}   # requested label -> last worker's versions
 
     # ------------------------------------------------------------ checks before sending
 
@@ -107,7 +112,7 @@ class Session:
             options=pb.CellOptions(timeout_s=options.timeout_s, idle_s=options.idle_s, fresh=options.fresh,
                                    env=options.env, pull=options.pull, keep=options.keep, retries=options.retries,
                                    strict=options.strict, return_limit=options.return_limit))
-        seen_blobs: set[str] = set()
+        self._pending = {}
         for name in names.reads:
             if name in skip or name not in user_ns:
                 continue
@@ -122,18 +127,37 @@ class Session:
                 request.imports.append(statement)
                 continue
             packed = serialize.pack(name, value)
+            self._check_versions(name, value, hardware)
             request.inputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
-                                                size=len(packed.data)))
-            if packed.hash not in seen_blobs:
-                seen_blobs.add(packed.hash)
-                request.blobs.append(pb.Blob(hash=packed.hash, data=packed.data))
+                                                size=packed.size))
+            if packed.hash in self._pending:
+                continue
+            self._pending[packed.hash] = packed
+            if packed.size <= INLINE_LIMIT:
+                request.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
+                                             buffers=[bytes(b) for b in packed.buffers]))
         return request
+
+    def _check_versions(self, name: str, value: Any, hardware: str) -> None:
+        """A function pickled by value only loads on the same Python minor version: say so before sending."""
+        if not callable(value) or getattr(value, "__module__", None) not in ("__main__", None):
+            return
+        worker = self.worker_versions.get(hardware or self.default_hardware or "")
+        if not worker or "python" not in worker:
+            return
+        ours = ".".join(platform.python_version().split(".")[:2])
+        theirs = ".".join(worker["python"].split(".")[:2])
+        if ours != theirs:
+            raise SerializationError(f"cannot send {name!r} (a function defined in this notebook): this kernel runs "
+                                     f"Python {ours} but the {hardware or 'default'} worker runs Python {theirs}; "
+                                     "by-value functions need the same minor version")
 
     # ------------------------------------------------------------ running
 
     def run_cell(self, source: str, user_ns: MutableMapping[str, Any], options: CellOptions, sink: OutputSink,
                  *, skip: set[str] | None = None, execution_count: int = 0) -> CellReport:
         request = self.build_request(source, user_ns, options, skip or set(), execution_count)
+        self._requested_hardware = request.hardware
         report = CellReport(cell_id=request.cell_id)
         self.last_report = report
         result: pb.Result | None = None
@@ -157,6 +181,9 @@ class Session:
                     if event.notice.text not in self._notices_shown:  # one line, once per session
                         self._notices_shown.add(event.notice.text)
                         sink.phase(event.notice.text)
+                elif kind == "transfer":
+                    transfer.put(event.transfer.address, event.transfer.ticket,
+                                 [self._pending[h] for h in event.transfer.hashes if h in self._pending])
                 elif kind == "result":
                     result = event.result
                 elif kind == "error":
@@ -167,6 +194,7 @@ class Session:
         except KeyboardInterrupt:
             self._interrupt(request.cell_id, events)
             raise
+        self._pending = {}
         if error is not None:
             raise self._error(error, request, report)
         if result is None:
@@ -182,6 +210,7 @@ class Session:
         if previous and previous != started.worker_id:
             self.mark_lost(previous)
         self.workers[started.hardware] = started.worker_id
+        self.worker_versions[self._requested_hardware] = dict(started.versions)
 
     def _interrupt(self, cell_id: str, events: Any) -> None:
         """Ctrl-C / kernel interrupt: stop the cell on the worker, wait (bounded) for it to end."""
@@ -217,11 +246,15 @@ class Session:
     def _apply(self, result: pb.Result, user_ns: MutableMapping[str, Any], report: CellReport,
                execution_count: int) -> None:
         """Update the local namespace all at once, only after every value has been loaded."""
-        blobs = {b.hash: b.data for b in result.blobs}
+        parts: dict[str, tuple[bytes, list[Any]]] = {b.hash: (b.data, [bytearray(x) for x in b.buffers])
+                                                     for b in result.blobs}
+        to_fetch = [v.hash for v in result.outputs if v.fetch]
+        if to_fetch:
+            parts.update(transfer.get(result.data_address, result.ticket, to_fetch))
         updates: dict[str, Any] = {}
         for value in result.outputs:
             try:
-                updates[value.name] = serialize.loads(blobs[value.hash])
+                updates[value.name] = serialize.unpack(*parts[value.hash])
             except Exception as exc:  # noqa: BLE001 - a value we cannot load here stays usable remotely
                 raise SerializationError(f"cannot load {value.name!r} ({value.type_name}) here: {exc}") from None
         for info in result.refs:

@@ -1,28 +1,33 @@
-"""How values travel: cloudpickle (dill as the fallback) into content-addressed blobs."""
+"""How values travel: cloudpickle (dill as the fallback), protocol 5 with out-of-band buffers, content-hashed."""
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 import dill
+import xxhash
 
 from gpucell.errors import SerializationError
 
 PROTOCOL = 5
 
 
-@dataclass(frozen=True)
+@dataclass
 class Packed:
-    """A pickled value and its content hash."""
+    """A pickled value: the pickle bytes, its out-of-band buffers (views, not copies), a content hash."""
 
     hash: str
-    data: bytes
-    type_name: str
+    header: bytes
+    buffers: list[memoryview] = field(default_factory=list)
+    type_name: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + sum(b.nbytes for b in self.buffers)
 
 
 def type_name(value: Any) -> str:
@@ -31,33 +36,52 @@ def type_name(value: Any) -> str:
     return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
 
 
-def content_hash(data: bytes | memoryview) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def content_hash(header: bytes, buffers: list[memoryview]) -> str:
+    # xxh3-128: ~5 GB/s here where blake2b and sha1 manage ~0.2-0.4 GB/s; 128 bits for content addressing.
+    h = xxhash.xxh3_128(header)
+    for buf in buffers:
+        h.update(len(buf).to_bytes(8, "little"))
+        h.update(buf)
+    return h.hexdigest()
 
 
-def dumps(value: Any) -> bytes:
-    """Pickle with cloudpickle (notebook functions and classes go by value), then dill."""
+def _raw(buf: pickle.PickleBuffer) -> memoryview:
     try:
-        return cloudpickle.dumps(value, protocol=PROTOCOL)
+        return buf.raw()
+    except BufferError:  # a non-contiguous buffer: one copy, unavoidable
+        return memoryview(bytes(buf))
+
+
+def dumps(value: Any) -> tuple[bytes, list[memoryview]]:
+    """Pickle with cloudpickle (notebook functions and classes go by value), then dill; big buffers out of band."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        header = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=buffers.append)
     except Exception as first:  # noqa: BLE001 - any pickling failure gets the second opinion
+        buffers = []
         try:
-            return dill.dumps(value, protocol=PROTOCOL, recurse=True)
+            header = dill.dumps(value, protocol=PROTOCOL, recurse=True)
         except Exception:  # noqa: BLE001
             raise first from None
+    return header, [_raw(b) for b in buffers]
 
 
 def pack(name: str, value: Any) -> Packed:
-    """Pickle one namespace value, or raise a one-line SerializationError naming it."""
+    """Pickle one namespace value, or raise a one-line SerializationError naming it and its type."""
     try:
-        data = dumps(value)
+        header, buffers = dumps(value)
     except Exception as exc:  # noqa: BLE001 - the user's value, any failure is reported the same way
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SerializationError(f"cannot send {name!r} ({type_name(value)}): {reason}") from None
-    return Packed(content_hash(data), data, type_name(value))
+    return Packed(content_hash(header, buffers), header, buffers, type_name(value))
+
+
+def unpack(header: bytes, buffers: list[Any]) -> Any:
+    # Both cloudpickle and dill write standard pickles; buffers are used in place (no copy).
+    return pickle.loads(header, buffers=buffers)
 
 
 def loads(data: bytes) -> Any:
-    # Both cloudpickle and dill write standard pickles; dill's need dill imported, which it is.
     return pickle.loads(data)
 
 
@@ -67,7 +91,7 @@ def module_import(name: str, value: Any) -> str | None:
         module = value.__name__
         if module == name:
             return f"import {module}"
-        if "." not in module or name != module.split(".")[0]:
-            return f"import {module} as {name}"
-        return f"import {module}"
+        if "." in module and name == module.split(".")[0]:
+            return f"import {module}"
+        return f"import {module} as {name}"
     return None

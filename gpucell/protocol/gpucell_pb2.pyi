@@ -7,24 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Blob(_message.Message):
-    __slots__ = ("hash", "data")
+    __slots__ = ("hash", "data", "buffers")
     HASH_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
     hash: str
     data: bytes
-    def __init__(self, hash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    buffers: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, hash: _Optional[str] = ..., data: _Optional[bytes] = ..., buffers: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class NamedValue(_message.Message):
-    __slots__ = ("name", "hash", "type_name", "size")
+    __slots__ = ("name", "hash", "type_name", "size", "fetch")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    FETCH_FIELD_NUMBER: _ClassVar[int]
     name: str
     hash: str
     type_name: str
     size: int
-    def __init__(self, name: _Optional[str] = ..., hash: _Optional[str] = ..., type_name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    fetch: bool
+    def __init__(self, name: _Optional[str] = ..., hash: _Optional[str] = ..., type_name: _Optional[str] = ..., size: _Optional[int] = ..., fetch: _Optional[bool] = ...) -> None: ...
 
 class RemoteRefInfo(_message.Message):
     __slots__ = ("name", "type_name", "size", "reason", "hardware", "worker_id", "summary")
@@ -104,7 +108,7 @@ class CellExecuteRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ...) -> None: ...
 
 class CellEvent(_message.Message):
-    __slots__ = ("cell_id", "time", "queued", "started", "stream", "display", "result", "error", "finished", "notice")
+    __slots__ = ("cell_id", "time", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer")
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +119,7 @@ class CellEvent(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     cell_id: str
     time: float
     queued: Queued
@@ -125,7 +130,18 @@ class CellEvent(_message.Message):
     error: Error
     finished: Finished
     notice: Notice
-    def __init__(self, cell_id: _Optional[str] = ..., time: _Optional[float] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., stream: _Optional[_Union[Stream, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+    transfer: Transfer
+    def __init__(self, cell_id: _Optional[str] = ..., time: _Optional[float] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., stream: _Optional[_Union[Stream, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ...) -> None: ...
+
+class Transfer(_message.Message):
+    __slots__ = ("address", "ticket", "hashes")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    ticket: str
+    hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, address: _Optional[str] = ..., ticket: _Optional[str] = ..., hashes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Queued(_message.Message):
     __slots__ = ("position", "hardware")
@@ -136,16 +152,25 @@ class Queued(_message.Message):
     def __init__(self, position: _Optional[int] = ..., hardware: _Optional[str] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("worker_id", "hardware", "cold", "node")
+    __slots__ = ("worker_id", "hardware", "cold", "node", "versions")
+    class VersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     COLD_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hardware: str
     cold: bool
     node: str
-    def __init__(self, worker_id: _Optional[str] = ..., hardware: _Optional[str] = ..., cold: _Optional[bool] = ..., node: _Optional[str] = ...) -> None: ...
+    versions: _containers.ScalarMap[str, str]
+    def __init__(self, worker_id: _Optional[str] = ..., hardware: _Optional[str] = ..., cold: _Optional[bool] = ..., node: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Stream(_message.Message):
     __slots__ = ("name", "text")
@@ -166,16 +191,20 @@ class Display(_message.Message):
     def __init__(self, data_json: _Optional[str] = ..., metadata_json: _Optional[str] = ..., execute_result: _Optional[bool] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("outputs", "blobs", "refs", "deleted")
+    __slots__ = ("outputs", "blobs", "refs", "deleted", "data_address", "ticket")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     BLOBS_FIELD_NUMBER: _ClassVar[int]
     REFS_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[NamedValue]
     blobs: _containers.RepeatedCompositeFieldContainer[Blob]
     refs: _containers.RepeatedCompositeFieldContainer[RemoteRefInfo]
     deleted: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, outputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[_Union[RemoteRefInfo, _Mapping]]] = ..., deleted: _Optional[_Iterable[str]] = ...) -> None: ...
+    data_address: str
+    ticket: str
+    def __init__(self, outputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[_Union[RemoteRefInfo, _Mapping]]] = ..., deleted: _Optional[_Iterable[str]] = ..., data_address: _Optional[str] = ..., ticket: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("ename", "evalue", "traceback", "kind")
@@ -425,3 +454,101 @@ class WorkerInstruction(_message.Message):
     cancel: CellCancelRequest
     shutdown: WorkerShutdown
     def __init__(self, execute: _Optional[_Union[CellExecuteRequest, _Mapping]] = ..., cancel: _Optional[_Union[CellCancelRequest, _Mapping]] = ..., shutdown: _Optional[_Union[WorkerShutdown, _Mapping]] = ...) -> None: ...
+
+class JobSubmitRequest(_message.Message):
+    __slots__ = ("notebook_name", "notebook", "parameters", "hardware", "timeout_s", "workdir")
+    NOTEBOOK_NAME_FIELD_NUMBER: _ClassVar[int]
+    NOTEBOOK_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    notebook_name: str
+    notebook: bytes
+    parameters: _containers.RepeatedScalarFieldContainer[str]
+    hardware: str
+    timeout_s: float
+    workdir: str
+    def __init__(self, notebook_name: _Optional[str] = ..., notebook: _Optional[bytes] = ..., parameters: _Optional[_Iterable[str]] = ..., hardware: _Optional[str] = ..., timeout_s: _Optional[float] = ..., workdir: _Optional[str] = ...) -> None: ...
+
+class JobInfo(_message.Message):
+    __slots__ = ("id", "notebook", "state", "hardware", "submitted", "started", "finished", "cost", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NOTEBOOK_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    notebook: str
+    state: str
+    hardware: str
+    submitted: float
+    started: float
+    finished: float
+    cost: float
+    error: str
+    def __init__(self, id: _Optional[str] = ..., notebook: _Optional[str] = ..., state: _Optional[str] = ..., hardware: _Optional[str] = ..., submitted: _Optional[float] = ..., started: _Optional[float] = ..., finished: _Optional[float] = ..., cost: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class JobSubmitResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: JobInfo
+    def __init__(self, job: _Optional[_Union[JobInfo, _Mapping]] = ...) -> None: ...
+
+class JobListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JobListResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+
+class JobLogsRequest(_message.Message):
+    __slots__ = ("job_id", "follow", "offset")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    follow: bool
+    offset: int
+    def __init__(self, job_id: _Optional[str] = ..., follow: _Optional[bool] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class JobLogChunk(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class JobFetchRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobFetchResponse(_message.Message):
+    __slots__ = ("notebook", "job")
+    NOTEBOOK_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    notebook: bytes
+    job: JobInfo
+    def __init__(self, notebook: _Optional[bytes] = ..., job: _Optional[_Union[JobInfo, _Mapping]] = ...) -> None: ...
+
+class JobCancelRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobCancelResponse(_message.Message):
+    __slots__ = ("cancelled", "job")
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    cancelled: bool
+    job: JobInfo
+    def __init__(self, cancelled: _Optional[bool] = ..., job: _Optional[_Union[JobInfo, _Mapping]] = ...) -> None: ...

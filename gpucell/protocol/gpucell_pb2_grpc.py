@@ -382,3 +382,247 @@ class WorkerHub:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class JobsStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.JobSubmit = channel.unary_unary(
+                '/gpucell.v1.Jobs/JobSubmit',
+                request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobSubmitRequest.SerializeToString,
+                response_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobSubmitResponse.FromString,
+                _registered_method=True)
+        self.JobList = channel.unary_unary(
+                '/gpucell.v1.Jobs/JobList',
+                request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobListRequest.SerializeToString,
+                response_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobListResponse.FromString,
+                _registered_method=True)
+        self.JobLogs = channel.unary_stream(
+                '/gpucell.v1.Jobs/JobLogs',
+                request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobLogsRequest.SerializeToString,
+                response_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobLogChunk.FromString,
+                _registered_method=True)
+        self.JobFetch = channel.unary_unary(
+                '/gpucell.v1.Jobs/JobFetch',
+                request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobFetchRequest.SerializeToString,
+                response_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobFetchResponse.FromString,
+                _registered_method=True)
+        self.JobCancel = channel.unary_unary(
+                '/gpucell.v1.Jobs/JobCancel',
+                request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobCancelRequest.SerializeToString,
+                response_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobCancelResponse.FromString,
+                _registered_method=True)
+
+
+class JobsServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def JobSubmit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobFetch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobCancel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JobsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'JobSubmit': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobSubmit,
+                    request_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobSubmitRequest.FromString,
+                    response_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobSubmitResponse.SerializeToString,
+            ),
+            'JobList': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobList,
+                    request_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobListRequest.FromString,
+                    response_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobListResponse.SerializeToString,
+            ),
+            'JobLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.JobLogs,
+                    request_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobLogsRequest.FromString,
+                    response_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobLogChunk.SerializeToString,
+            ),
+            'JobFetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobFetch,
+                    request_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobFetchRequest.FromString,
+                    response_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobFetchResponse.SerializeToString,
+            ),
+            'JobCancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobCancel,
+                    request_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.JobCancelRequest.FromString,
+                    response_serializer=gpucell_dot_protocol_dot_gpucell__pb2.JobCancelResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'gpucell.v1.Jobs', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('gpucell.v1.Jobs', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Jobs:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def JobSubmit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucell.v1.Jobs/JobSubmit',
+            gpucell_dot_protocol_dot_gpucell__pb2.JobSubmitRequest.SerializeToString,
+            gpucell_dot_protocol_dot_gpucell__pb2.JobSubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucell.v1.Jobs/JobList',
+            gpucell_dot_protocol_dot_gpucell__pb2.JobListRequest.SerializeToString,
+            gpucell_dot_protocol_dot_gpucell__pb2.JobListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gpucell.v1.Jobs/JobLogs',
+            gpucell_dot_protocol_dot_gpucell__pb2.JobLogsRequest.SerializeToString,
+            gpucell_dot_protocol_dot_gpucell__pb2.JobLogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobFetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucell.v1.Jobs/JobFetch',
+            gpucell_dot_protocol_dot_gpucell__pb2.JobFetchRequest.SerializeToString,
+            gpucell_dot_protocol_dot_gpucell__pb2.JobFetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobCancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucell.v1.Jobs/JobCancel',
+            gpucell_dot_protocol_dot_gpucell__pb2.JobCancelRequest.SerializeToString,
+            gpucell_dot_protocol_dot_gpucell__pb2.JobCancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import os
 import platform
@@ -19,11 +20,14 @@ import grpc
 
 from gpucell import hardware
 from gpucell.namespace import serialize
+from gpucell.namespace.transfer import DataServer
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
 
 DEFAULT_RETURN_LIMIT = 256 * 1024 * 1024
+INLINE_LIMIT = 1 << 20           # larger values travel over the bulk data path
+TRANSFER_TIMEOUT_S = 600.0
 HEARTBEAT_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -68,7 +72,9 @@ class Worker:
         self.token = token
         self.outbox: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
         self.inbox: queue.Queue[pb.WorkerInstruction | None] = queue.Queue()
-        self.blobs: dict[str, bytes] = {}
+        # Values by content hash, as last bound here: an unchanged input is rebound, never re-sent.
+        self.cache: dict[str, Any] = {}
+        self.data = DataServer(os.environ.get("GPUCELL_DATA_HOST", "127.0.0.1"))
         self.kept: dict[str, pb.RemoteRefInfo] = {}
         self.current_cell = ""
         self.cancelled_cell = ""
@@ -177,66 +183,107 @@ class Worker:
 
     # ------------------------------------------------------------ cells
 
-    def _prepare(self, req: pb.CellExecuteRequest) -> int:
-        """Bind the cell's inputs in the shell's namespace; returns the bytes received."""
+    def _prepare(self, req: pb.CellExecuteRequest) -> tuple[int, dict[str, str]]:
+        """Bind the cell's inputs; returns the bytes received and the input hashes by name."""
         ns = self.shell.user_ns
         os.environ.update(dict(req.options.env))
-        received = 0
-        for blob in req.blobs:
-            self.blobs[blob.hash] = blob.data
-            received += len(blob.data)
+        inline = {b.hash: b for b in req.blobs}
+        received = sum(len(b.data) + sum(len(x) for x in b.buffers) for b in req.blobs)
+        missing = sorted({v.hash for v in req.inputs if v.hash not in self.cache and v.hash not in inline})
+        if missing:
+            self._emit(req.cell_id, transfer=pb.Transfer(address=self.data.address, ticket=self.data.ticket,
+                                                         hashes=missing))
+            before = self.data.bytes_in
+            if not self.data.wait_for(set(missing), TRANSFER_TIMEOUT_S, lambda: self.cancelled_cell == req.cell_id):
+                raise PrepareError("KeyboardInterrupt" if self.cancelled_cell == req.cell_id else "GpucellError",
+                                   "the inputs did not arrive")
+            received += self.data.bytes_in - before
         for statement in req.imports:
             try:
                 exec(statement, ns)  # noqa: S102 - an import statement the client built from a module value
             except Exception as exc:  # noqa: BLE001
                 raise PrepareError(type(exc).__name__, f"{statement!r} failed on the worker: {exc}") from None
+        bound: dict[str, str] = {}
+        used: set[str] = set()
         for value in req.inputs:
-            data = self.blobs.get(value.hash)
-            if data is None:
-                raise PrepareError("GpucellError", f"input {value.name!r} was not sent (blob {value.hash[:12]} missing)")
             try:
-                ns[value.name] = serialize.loads(data)
+                if value.hash in self.cache:
+                    obj = self.cache[value.hash]
+                    # Two names with equal content must not become one object here: copy the second.
+                    ns[value.name] = copy.deepcopy(obj) if value.hash in used else obj
+                elif value.hash in inline:
+                    blob = inline[value.hash]
+                    ns[value.name] = serialize.unpack(blob.data, [bytearray(b) for b in blob.buffers])
+                else:
+                    header, buffers = self.data.take(value.hash) or (b"", [])
+                    ns[value.name] = serialize.unpack(header, buffers)
             except Exception as exc:  # noqa: BLE001
                 raise PrepareError(type(exc).__name__, f"cannot load {value.name!r} ({value.type_name}) "
                                    f"on the worker: {exc}") from None
+            used.add(value.hash)
+            self.cache.setdefault(value.hash, ns[value.name])
+            bound[value.name] = value.hash
             self.kept.pop(value.name, None)
         for name in req.refs:
             if name not in self.kept or name not in ns:
                 raise PrepareError("RemoteRefError", f"RemoteRef {name!r} is not on this worker ({self.worker_id}); "
                                    "its worker is gone")
-        return received
+        return received, bound
 
-    def _collect(self, req: pb.CellExecuteRequest) -> tuple[pb.Result, int]:
+    def _collect(self, req: pb.CellExecuteRequest, inputs: dict[str, str]) -> tuple[pb.Result, int]:
+        """Assigned names, and inputs the cell mutated in place, go back (or stay as RemoteRefs)."""
         ns = self.shell.user_ns
-        result = pb.Result()
+        result = pb.Result(data_address=self.data.address, ticket=self.data.ticket)
+        self.data.outgoing.clear()
         sent = 0
         limit = req.options.return_limit or DEFAULT_RETURN_LIMIT
-        for name in req.assigns:
+        names = list(req.assigns) + [n for n in inputs if n not in req.assigns]
+        for name in names:
             if name not in ns:
                 continue
             value = ns[name]
             if name in req.options.keep:
                 result.refs.append(self._keep(name, value, "kept by --keep", 0))
                 continue
+            if _device_bound(value):
+                result.refs.append(self._keep(name, value, "device-bound", _nbytes(value)))
+                continue
             try:
                 packed = serialize.pack(name, value)
             except Exception as exc:  # noqa: BLE001 - unpicklable values stay remote
                 result.refs.append(self._keep(name, value, f"unpicklable: {str(exc).split(': ', 1)[-1]}", 0))
                 continue
-            if len(packed.data) > limit and name not in req.options.pull:
+            self.cache[packed.hash] = value
+            if name in inputs and name not in req.assigns and inputs[name] == packed.hash:
+                continue  # read, not changed: nothing to send back
+            if name in inputs and inputs[name] != packed.hash:
+                self.cache.pop(inputs[name], None)  # that content no longer exists here
+            if packed.size > limit and name not in req.options.pull:
                 result.refs.append(self._keep(name, value, f"larger than the {limit // 1_000_000} MB return limit",
-                                              len(packed.data)))
+                                              packed.size))
                 continue
             self.kept.pop(name, None)
+            fetch = packed.size > INLINE_LIMIT
             result.outputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
-                                                size=len(packed.data)))
-            result.blobs.append(pb.Blob(hash=packed.hash, data=packed.data))
-            sent += len(packed.data)
+                                                size=packed.size, fetch=fetch))
+            if fetch:
+                self.data.outgoing[packed.hash] = packed
+            else:
+                result.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
+                                            buffers=[bytes(b) for b in packed.buffers]))
+            sent += packed.size
         for name in req.deletes:
             if name not in ns:
                 result.deleted.append(name)
                 self.kept.pop(name, None)
+        self._trim_cache()
         return result, sent
+
+    def _trim_cache(self) -> None:
+        """Keep only cached values that some name here still holds, so memory follows the namespace."""
+        live = {id(v) for v in self.shell.user_ns.values()}
+        for digest in [h for h, v in self.cache.items() if id(v) not in live]:
+            del self.cache[digest]
 
     def _keep(self, name: str, value: Any, reason: str, size: int) -> pb.RemoteRefInfo:
         info = pb.RemoteRefInfo(name=name, type_name=serialize.type_name(value), size=size, reason=reason,
@@ -251,7 +298,7 @@ class Worker:
         ok = False
         received = sent = 0
         try:
-            received = self._prepare(req)
+            received, inputs = self._prepare(req)
             if self.cancelled_cell == cell:
                 raise PrepareError("KeyboardInterrupt", "cancelled before it started")
             if req.execution_count:
@@ -268,7 +315,7 @@ class Worker:
                 kind = "cancelled" if ename == "KeyboardInterrupt" and self.cancelled_cell == cell else "user"
                 self._emit(cell, error=pb.Error(ename=ename, evalue=evalue, traceback=stb, kind=kind))
             else:
-                result, sent = self._collect(req)
+                result, sent = self._collect(req, inputs)
                 self._emit(cell, result=result)
                 ok = True
         except PrepareError as exc:
@@ -292,3 +339,30 @@ def _summary(value: Any) -> str:
         where = f", device={device}" if device is not None and str(device) != "cpu" else ""
         return f"shape={tuple(shape)}, dtype={dtype}{where}"
     return ""
+
+
+def _device_bound(value: Any) -> bool:
+    """A CUDA tensor or a module with CUDA parameters (or an object that says so) stays on its worker."""
+    if getattr(value, "__gpucell_device_bound__", False):
+        return True
+    if type(value).__module__.split(".")[0] != "torch":
+        return False
+    if getattr(value, "is_cuda", False):
+        return True
+    parameters = getattr(value, "parameters", None)
+    if callable(parameters):
+        try:
+            return any(getattr(p, "is_cuda", False) for p in parameters())
+        except Exception:  # noqa: BLE001
+            return False
+    return False
+
+
+def _nbytes(value: Any) -> int:
+    size = getattr(value, "nbytes", None)
+    if isinstance(size, int):
+        return size
+    try:
+        return int(value.element_size() * value.nelement())
+    except Exception:  # noqa: BLE001
+        return 0
