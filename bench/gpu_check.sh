@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # GPU check for gpucell on a machine with an NVIDIA GPU: builds a venv, then runs bench/gpu_check.py.
 #
-#   bench/gpu_check.sh                  on the GPU machine; JSON lines on stdout (also $OUT/gpu_check.jsonl)
+#   bench/gpu_check.sh [ARGS]           on the GPU machine; JSON lines on stdout (also $OUT/gpu_check.jsonl);
+#                                       ARGS go to gpu_check.py (--reps N, --array-bytes B, --big-gib G, ...)
 #   bench/gpu_check.sh --cpu-dry-run    anywhere: cpu pool, CUDA steps skipped
-#   bench/gpu_check.sh --fetch-wheels   here, before: puts cp312 wheels of gpucell's dependencies in
-#                                       .whl/ for a GPU machine that cannot reach a package index
+#   bench/gpu_check.sh --fetch-wheels   here, before: adds cp312 x86-64 wheels of gpucell's dependencies
+#                                       (and its build backend) to .whl/, for a GPU machine with no index
 #
-# Offline install: when .whl/ holds wheels the install uses them alone (--no-index), so the device
-# call must carry it (carry: [".whl"]). With no .whl/ the ordinary index is used.
+# Offline install: when .whl/ holds wheels, every one of them is installed into the venv with
+# --no-index (keep one version of each package there), then gpucell itself, editable. The device
+# call must carry the folder (carry: [".whl"]; /.whl/ is git-ignored). With no .whl/ the ordinary
+# index is used. Under 8 minutes in all: setup (~30-70 s), tests/test_hardware.py (<45 s), then
+# gpu_check.py (<360 s, its phases are bounded inside that).
 # Environment: PYTHON (the interpreter that holds torch; default python3), GPUCELL_CHECK_VENV
-# (default /tmp/gpucell-gpu-check-venv), GPUCELL_WHEELS (default .whl/), GPU_CHECK_TIMEOUT (seconds for the Python part, default 400).
-# Everything after the script's own options goes to gpu_check.py (see its --help).
+# (default /tmp/gpucell-gpu-check-venv), GPUCELL_WHEELS (default .whl/), GPU_CHECK_TIMEOUT
+# (seconds for gpu_check.py, default 360), WHEEL_PYTHON_VERSION (for --fetch-wheels, default 3.12).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -47,7 +51,6 @@ EOF
              manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_5_x86_64 manylinux1_x86_64; do
         platforms+=(--platform "$p")
     done
-    # shellcheck disable=SC2086 # one requirement per line
     mapfile -t req_array <<<"$reqs"
     "$BASE_PY" -m pip download -q --only-binary=:all: --python-version "$pyver" --implementation cp \
         "${platforms[@]}" -d "$WHEELS" "${req_array[@]}" || return 1
@@ -125,11 +128,22 @@ results=/dev/null
 if [[ -n "${OUT:-}" && -d "${OUT:-}" ]]; then
     results="$OUT/gpu_check.jsonl"
 fi
+
+# The NVML inventory and allocator tests, on real devices here (they skip the NVML-present test on
+# a machine without a GPU). A few seconds; --noconftest keeps the suite's heavier fixtures out.
+t0=$SECONDS
+if timeout -k 5 45 "$VENV/bin/python" -m pytest -q -p no:cacheprovider --noconftest -rs \
+        "$REPO/tests/test_hardware.py" >&2; then
+    printf '{"system": "gpucell", "metric": "hardware_tests", "value": "passed", "unit": "", "n": 1, "s": %d}\n' \
+        $((SECONDS - t0)) | tee "$results"
+else
+    json_error hardware_tests "tests/test_hardware.py failed (see stderr)" | tee "$results"
+fi
 # The whole check stays under 8 minutes: setup above, then this bounded run (killed with its children).
-timeout -k 10 "${GPU_CHECK_TIMEOUT:-400}" "$VENV/bin/python" -u "$REPO/bench/gpu_check.py" "$@" | tee "$results"
+timeout -k 10 "${GPU_CHECK_TIMEOUT:-360}" "$VENV/bin/python" -u "$REPO/bench/gpu_check.py" "$@" | tee -a "$results"
 status=${PIPESTATUS[0]}
 if [[ $status -eq 124 || $status -eq 137 ]]; then
-    json_error gpu_check "timed out after ${GPU_CHECK_TIMEOUT:-400} s" | tee -a "$results"
+    json_error gpu_check "timed out after ${GPU_CHECK_TIMEOUT:-360} s" | tee -a "$results"
 fi
 say "done in $((SECONDS - START)) s (status $status)"
 exit "$status"

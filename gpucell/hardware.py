@@ -178,7 +178,10 @@ class DeviceSource(Protocol):
 
 
 _nvml_lock = threading.Lock()
-_nvml_state: bool | None = None  # None: not tried yet; then whether nvmlInit succeeded
+# None: not tried yet; then whether nvmlInit succeeded. Not retried: a host does not gain a driver
+# while a broker or worker runs, and retrying would cost a failed dlopen on every status poll.
+_nvml_state: bool | None = None
+_query_failure_logged = False
 
 
 def _nvml_ready() -> bool:
@@ -236,8 +239,12 @@ class Inventory:
             count = pynvml.nvmlDeviceGetCount()
             return [_read_device(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
         except pynvml.NVMLError as exc:
-            # A driver that goes away under us (GPU fell off the bus) reads as no GPUs, not a crash.
-            log.warning("NVML query failed: %s", exc)
+            # A driver that goes away under us (GPU fell off the bus) reads as no GPUs, not a crash;
+            # said once, since status polls this every second.
+            global _query_failure_logged
+            if not _query_failure_logged:
+                _query_failure_logged = True
+                log.warning("NVML query failed, reporting no GPUs: %s", exc)
             return []
 
     def __repr__(self) -> str:
