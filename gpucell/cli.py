@@ -26,6 +26,11 @@ def _broker(args: argparse.Namespace) -> int:
         config.port = args.port
     if args.state_dir:
         config.state_dir = args.state_dir
+    for name in ("tls_cert", "tls_key", "metrics_port"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    if args.insecure:
+        config.insecure = True
     token = os.environ.get(ENV_TOKEN) or secrets.token_urlsafe(24)
     if not os.environ.get(ENV_TOKEN):
         print(f"gpucell broker token (set {ENV_TOKEN} on clients): {token}", file=sys.stderr, flush=True)
@@ -88,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--state-dir")
+    p.add_argument("--tls-cert", help="PEM certificate (TLS is required off loopback)")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback host without TLS")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free one)")
     p.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=_broker)
@@ -108,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session")
     p.add_argument("--worker")
     p.set_defaults(func=_release)
+
     return parser
 
 

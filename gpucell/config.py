@@ -14,6 +14,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from gpucell.errors import ConfigError
+from gpucell.hardware import local_labels, nvml_inventory
 
 # Environment variables shared by client, broker and workers.
 ENV_BROKER = "GPUCELL_BROKER"
@@ -34,6 +35,7 @@ class PoolConfig:
     price_per_hour: float = 0.0
     provisioner: str = "local"      # entry point name in the gpucell.provisioners group
     preload: list[str] = field(default_factory=list)   # modules the fork server imports up front
+    memory_limit_mb: int = 0        # a worker above this RSS is stopped and its cell says why (0: none)
     options: dict[str, Any] = field(default_factory=dict)  # provisioner-specific (e.g. Ray address)
 
 
@@ -51,6 +53,11 @@ class BrokerConfig:
     max_message_mb: int = 1024
     fork_server: bool = True
     state_dir: str = ""             # worker logs, journal; "" = a fresh temp dir
+    tls_cert: str = ""
+    tls_key: str = ""
+    insecure: bool = False
+    metrics_port: int = -1
+    reattach_grace_s: float = 30.0
     pools: dict[str, PoolConfig] = field(default_factory=dict)
 
 
@@ -66,7 +73,15 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "max_message_mb": (1024, "largest gRPC message accepted"),
     "fork_server": (True, "start local workers by forking a warm template process"),
     "state_dir": ("", "where worker logs and the journal go; empty: a temp dir"),
+    "tls_cert": ("", "PEM certificate for the broker's port (required for a non-loopback host)"),
+    "tls_key": ("", "PEM private key for tls_cert"),
+    "insecure": (False, "allow a non-loopback host without TLS (trusted networks only)"),
+    "metrics_port": (-1, "Prometheus /metrics port on the broker's host; 0 picks one, -1 is off"),
+    "reattach_grace_s": (30.0, "how long a cell whose client stream dropped keeps running for a reconnect"),
 }
+
+# Client side: the CA that signed the broker's certificate; set it to talk TLS.
+ENV_TLS_CA = "GPUCELL_TLS_CA"
 
 _POOL_KEYS = {f.name for f in fields(PoolConfig)} - {"label"}
 
@@ -122,6 +137,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> BrokerConfig:
     config = BrokerConfig(**broker_table)
     for label, table in doc.get("pools", {}).items():
         config.pools[label] = parse_pool(label, dict(table))
+    if not path:
+        # The built-in default: the GPUs this machine has, one pool per label, one worker per device.
+        for label, count in local_labels(nvml_inventory()).items():
+            config.pools.setdefault(label, PoolConfig(label=label, max_workers=count))
     if "cpu" not in config.pools:
         config.pools["cpu"] = default_cpu_pool()
     return config

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ast
+import builtins
+import contextlib
 import pickle
 import textwrap
-from types import TracebackType
-from typing import Any, Callable
+import warnings
+from types import CodeType, TracebackType
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from gpucell.namespace.analysis import CellNames, CellSyntaxError, analyze
@@ -151,6 +154,30 @@ def test_global_in_nested_function_skips_enclosing_local() -> None:
     assert reads(source) == {"x"}
 
 
+def test_global_delete_in_function_reads_and_deletes() -> None:
+    result = names("def drop():\n    global cache\n    del cache\n")
+    assert result.reads == ("cache",)
+    assert result.deletes == ("cache",)
+
+
+def test_nonlocal_resolves_in_enclosing_function() -> None:
+    source = """
+        def counter():
+            n = 0
+            def bump():
+                nonlocal n
+                n += step
+                return n
+            return bump
+        """
+    assert names(source) == CellNames(("step",), ("counter",), (), False)
+
+
+def test_comprehension_in_class_body_skips_class_names() -> None:
+    # Only the first iterable sees the class namespace; `k` inside is the module's.
+    assert reads("class A:\n    k = 2\n    xs = [1]\n    ys = [x * k for x in xs]\n") == {"k"}
+
+
 def test_class_body_is_flow_sensitive_and_methods_skip_it() -> None:
     result = names(
         """
@@ -161,8 +188,9 @@ def test_class_body_is_flow_sensitive_and_methods_skip_it() -> None:
                 return w, A, helper
         """
     )
-    # `w` in the method is the module's w, not the class attribute.
-    assert set(result.reads) == {"Base", "Meta", "q", "w", "helper"}
+    # `w` in the method is the module's w, not the class attribute; `A` could be called while
+    # the class body runs, before the name is bound.
+    assert set(result.reads) == {"Base", "Meta", "q", "w", "A", "helper"}
     assert result.assigns == ("A",)
 
 
@@ -264,6 +292,12 @@ def test_finally_bindings_hold_after_the_statement() -> None:
     assert reads("try:\n    a = f()\nfinally:\n    b = 1\nprint(a, b)\n") == {"f", "print"}
 
 
+def test_del_in_finally_is_a_delete() -> None:
+    result = names("try:\n    b = f()\nfinally:\n    del b\n    c = 2\nc\n")
+    assert result.deletes == ("b",)
+    assert "c" not in result.reads
+
+
 def test_walrus_at_top_level_and_in_comprehension() -> None:
     result = names("print((n := 10), n)\n")
     assert result.reads == ("print",)
@@ -334,7 +368,9 @@ def test_match_binding_definite_only_with_irrefutable_case() -> None:
 
 
 def test_top_level_await_and_async_constructs() -> None:
-    result = names("async with session() as s:\n    rows = await s.fetch(q)\nasync for r in rows: pass\n")
+    result = names(
+        "async with session() as s:\n    rows = await s.fetch(q)\nasync for r in rows: pass\n"
+    )
     assert set(result.reads) == {"session", "q"}
     assert result.assigns == ("s", "rows", "r")
 
@@ -367,6 +403,16 @@ def test_timeit_code_runs_in_its_own_namespace() -> None:
     result = names("%%timeit -n 3 setup = make(n)\ntotal = setup + v\n")
     assert set(result.reads) == {"make", "n", "v"}
     assert result.assigns == ()
+
+
+def test_timeit_flags_are_not_code() -> None:
+    assert names("%timeit -q -n 10 -r3 f(x)\n").reads == ("f", "x")
+
+
+def test_capture_binds_its_output_name() -> None:
+    result = names("%%capture --no-stderr out\ny = g(z)\n")
+    assert result.assigns == ("out", "y")
+    assert set(result.reads) == {"g", "z"}
 
 
 def test_cell_magic_time_binds_in_user_namespace() -> None:
@@ -452,6 +498,23 @@ def test_null_byte_is_a_cell_syntax_error() -> None:
         analyze("x = 1\n\0\n")
 
 
+_FRAGMENTS = st.sampled_from(
+    list("ab =+-()[]{}:%!?$\\\n\t'\",.;*@0123456789")
+    + ["if ", "for ", "in ", "lambda ", "def ", "class ", "del ", "%%time\n", "match ", "case "]
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(source=st.lists(_FRAGMENTS, max_size=30).map("".join))
+def test_any_text_gives_names_or_a_one_line_error(source: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing leaks to the user's stderr either
+        try:
+            analyze(source)
+        except CellSyntaxError as exc:
+            assert "\n" not in str(exc)
+
+
 # --------------------------------------------------------------------------- generated cells
 
 NAMES = "abcd"
@@ -487,10 +550,11 @@ _expr = _exprs()
 
 
 @st.composite
-def _statement(draw: Callable[..., Any], depth: int) -> list[str]:
+def _statement(draw: st.DrawFn, depth: int) -> list[str]:
     kinds = ["assign", "aug", "print", "del", "lambda", "def", "call", "unpack", "walrus"]
+    kinds += ["divide", "comprehension_walrus"]
     if depth > 0:
-        kinds += ["if", "for", "global_def"]
+        kinds += ["if", "for", "global_def", "try", "class", "with"]
     kind = draw(st.sampled_from(kinds))
     x = draw(_name)
     if kind == "del":
@@ -510,6 +574,15 @@ def _statement(draw: Callable[..., Any], depth: int) -> list[str]:
         return [f"if {e}:", *draw(_block(depth - 1)), "else:", *draw(_block(depth - 1))]
     if kind == "for":
         return [f"for {x} in range({draw(st.integers(0, 2))}):", *draw(_block(depth - 1))]
+    if kind == "divide":
+        return [f"{x} = 1 // {e}"]
+    if kind == "try":
+        handler = draw(st.sampled_from(["except ZeroDivisionError:", "finally:"]))
+        return ["try:", *draw(_block(depth - 1)), handler, *draw(_block(depth - 1))]
+    if kind == "class":
+        return [f"class {x}:", *draw(_block(depth - 1))]
+    if kind == "with":
+        return [f"with nullcontext({e}) as {x}:", *draw(_block(depth - 1))]
     y, e2 = draw(_name), draw(_expr)
     if kind == "def":
         return [f"def {x}({y}={e}):", f"    return {e2}"]
@@ -517,11 +590,13 @@ def _statement(draw: Callable[..., Any], depth: int) -> list[str]:
         return [f"{x}, {y} = {e}, {e2}"]
     if kind == "walrus":
         return [f"print(({x} := {e}), {e2})"]
+    if kind == "comprehension_walrus":
+        return [f"print([({x} := {e}) for {y} in range(2) if {e2}])"]
     return [f"def {x}():", f"    global {y}", f"    {y} = {e}", f"    return {e2}"]
 
 
 @st.composite
-def _block(draw: Callable[..., Any], depth: int) -> list[str]:
+def _block(draw: st.DrawFn, depth: int) -> list[str]:
     lines: list[str] = []
     for _ in range(draw(st.integers(1, 3))):
         lines.extend(draw(_statement(depth)))
@@ -535,15 +610,24 @@ def _noop(*args: object) -> None:
     pass
 
 
-_BUILTINS = {"print": _noop, "len": len, "sum": sum, "range": range}
+_BUILTINS = {
+    "print": _noop,
+    "len": len,
+    "sum": sum,
+    "range": range,
+    "nullcontext": contextlib.nullcontext,
+    "ZeroDivisionError": ZeroDivisionError,
+    "__build_class__": builtins.__build_class__,
+}
 
 
-def _run(code: Any, namespace: dict[str, Any]) -> BaseException | None:
+def _run(code: CodeType, namespace: dict[str, Any]) -> BaseException | None:
     """Run the cell as IPython would (module-level exec); return what it raised, if anything."""
     namespace["__builtins__"] = _BUILTINS
+    namespace["__name__"] = "__cell__"  # class bodies read it for __module__
     try:
         exec(code, namespace)
-    except (Exception, RecursionError) as exc:
+    except Exception as exc:
         return exc
     return None
 
@@ -583,8 +667,7 @@ def test_generated_cells_match_execution(cell: str, start: list[int]) -> None:
     try:
         code = compile(cell, "<cell>", "exec")
     except SyntaxError:
-        assume(False)  # e.g. a walrus rebinding a comprehension variable
-        raise
+        reject()  # e.g. a walrus rebinding a comprehension variable
     result = analyze(cell)
     tree = ast.parse(cell)
 

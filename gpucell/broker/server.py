@@ -7,13 +7,20 @@ import secrets
 import signal
 import sys
 import threading
+from pathlib import Path
 from dataclasses import dataclass
 
+import grpc
 from grpc import aio
 
 from gpucell.broker.service import BrokerService
 from gpucell.config import BrokerConfig
+from gpucell.errors import ConfigError
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
 
 @dataclass
@@ -35,7 +42,18 @@ async def start_server(config: BrokerConfig, client_token: str, worker_token: st
     service = BrokerService(config, client_token, worker_token)
     pb_grpc.add_BrokerServicer_to_server(service, server)
     pb_grpc.add_WorkerHubServicer_to_server(service, server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert or config.tls_key:
+        try:
+            key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"tls_cert/tls_key: {exc}") from None
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+    elif not is_loopback(config.host) and not config.insecure:
+        raise ConfigError(f"refusing to serve {config.host} without TLS: set tls_cert and tls_key "
+                          "(or --insecure on a network you trust)")
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {config.host}:{config.port}")
     service.address = f"{config.host}:{port}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -14,8 +15,10 @@ import grpc
 from grpc import aio
 
 from gpucell.broker import scheduler as sch
+from gpucell.broker.journal import Journal
+from gpucell.broker.metrics import BrokerMetrics
 from gpucell.broker.provisioners import LaunchSpec, Provisioner, load_provisioner
-from gpucell.config import BrokerConfig
+from gpucell.config import ENV_TLS_CA, BrokerConfig
 from gpucell.hardware import KNOWN_LABELS
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
@@ -27,16 +30,43 @@ TICK_S = 0.1
 
 @dataclass
 class CellRun:
+    """One submitted cell and the log of its events, which any (re-)attached client stream follows."""
+
     request: pb.CellExecuteRequest
     pool: str
     submitted: float
-    events: asyncio.Queue[pb.CellEvent | None] = field(default_factory=asyncio.Queue)
+    log: list[pb.CellEvent] = field(default_factory=list)
+    closed: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    attached: int = 0
     worker_id: str = ""
     dispatched: float = 0.0
     cold_start_s: float = 0.0
     done: bool = False
     timed_out: bool = False
     timer: asyncio.TimerHandle | None = None
+    outcome: str = "user"
+    detach_timer: asyncio.TimerHandle | None = None
+
+    def push(self, event: pb.CellEvent) -> None:
+        event.seq = len(self.log) + 1
+        self.log.append(event)
+        self.wake.set()
+        self.wake = asyncio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    async def follow(self, after: int) -> AsyncIterator[pb.CellEvent]:
+        index = after
+        while True:
+            while index < len(self.log):
+                yield self.log[index]
+                index += 1
+            if self.closed:
+                return
+            await self.wake.wait()
 
 
 @dataclass
@@ -81,8 +111,11 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.session_names: dict[str, str] = {}
         self.provisioners: dict[str, Provisioner] = {}
         self.log_dir = config.state_dir or tempfile.mkdtemp(prefix="gpucell-broker-")
+        self.metrics = BrokerMetrics()
+        self.journal = Journal(os.path.join(self.log_dir, "journal.sqlite"))
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -90,6 +123,15 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         for label, pool in self.config.pools.items():
             if pool.provisioner not in self.provisioners:
                 self.provisioners[pool.provisioner] = load_provisioner(pool.provisioner)()
+                configure = getattr(self.provisioners[pool.provisioner], "configure", None)
+                if configure is not None:
+                    configure(self.config)  # e.g. the local provisioner's fork_server setting
+        if self.config.metrics_port >= 0:
+            self.metrics.serve(self.config.host, self.config.metrics_port)
+        # Usage survives a broker restart: earlier intervals come back from the journal.
+        for (session, pool), seconds in self.journal.usage_totals().items():
+            self.scheduler.usage[(session, pool)] = self.scheduler.usage.get((session, pool), 0.0) + seconds
+        self.session_names.update(self.journal.session_names())
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
         self.apply(self.scheduler.handle(sch.Tick(time.monotonic())))
 
@@ -104,6 +146,14 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         for run in self.cells.values():
             if not run.done:
                 self._fail(run, "broker stopping", "worker_lost")
+        self._checkpoint_usage()
+        self.journal.close()
+        self.metrics.close()
+
+    def worker_address(self) -> str:
+        """Where local workers dial: loopback when the broker listens on every interface."""
+        host, _, port = self.address.rpartition(":")
+        return f"127.0.0.1:{port}" if host in ("0.0.0.0", "::", "[::]") else self.address
 
     # ------------------------------------------------------------ auth and resolution
 
@@ -147,27 +197,58 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         except _Abort as abort:
             await context.abort(abort.code, abort.details)
             return
-        if request.session_name:
+        if request.session_name and self.session_names.get(request.session_id) != request.session_name:
             self.session_names[request.session_id] = request.session_name
+            self.journal.record_session(request.session_id, request.session_name)
         now = time.monotonic()
         run = CellRun(request, pool, now)
         self.cells[request.cell_id] = run
         if notice:
-            yield pb.CellEvent(cell_id=request.cell_id, time=time.time(), notice=pb.Notice(text=notice))
+            run.push(pb.CellEvent(cell_id=request.cell_id, time=time.time(), notice=pb.Notice(text=notice)))
         self.apply(self.scheduler.handle(sch.CellSubmitted(
             request.cell_id, request.session_id, pool, now, fresh=request.options.fresh,
             idle_timeout=request.options.idle_s or None)))
+        async for event in self._follow(run, 0):
+            yield event
+
+    async def CellAttach(self, request: pb.CellAttachRequest,
+                         context: aio.ServicerContext) -> AsyncIterator[pb.CellEvent]:
+        await self._check_or_abort(context)
+        run = self.cells.get(request.cell_id)
+        if run is None or run.request.session_id != request.session_id:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"cell {request.cell_id} is gone (it finished more than "
+                                f"{self.config.reattach_grace_s:g}s ago, or belongs to another session)")
+            return
+        async for event in self._follow(run, request.after_seq):
+            yield event
+
+    async def _follow(self, run: CellRun, after: int) -> AsyncIterator[pb.CellEvent]:
+        """Stream a cell's events to one client; a dropped stream leaves the cell running for a while."""
+        run.attached += 1
+        if run.detach_timer is not None:
+            run.detach_timer.cancel()
+            run.detach_timer = None
+        complete = False
         try:
-            while True:
-                event = await run.events.get()
-                if event is None:
-                    break
+            async for event in run.follow(after):
                 yield event
+            complete = True
         finally:
-            if not run.done:
-                # The client went away (or was interrupted): stop the work it can no longer see.
-                self._cancel(run)
-            self.cells.pop(request.cell_id, None)
+            run.attached -= 1
+            cell_id = run.request.cell_id
+            loop = asyncio.get_running_loop()
+            if complete:
+                self.cells.pop(cell_id, None)
+            elif run.attached == 0:
+                # Not an interrupt (that sends CellCancel): the network dropped or the client died.
+                run.detach_timer = loop.call_later(self.config.reattach_grace_s, self._abandon, run)
+
+    def _abandon(self, run: CellRun) -> None:
+        if run.attached:
+            return
+        if not run.done:
+            self._cancel(run)
+        self.cells.pop(run.request.cell_id, None)
 
     async def CellCancel(self, request: pb.CellCancelRequest, context: aio.ServicerContext) -> pb.CellCancelResponse:
         await self._check_or_abort(context)
@@ -179,7 +260,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
 
     async def StatusGet(self, request: pb.StatusGetRequest, context: aio.ServicerContext) -> pb.StatusGetResponse:
         await self._check_or_abort(context)
-        return self.status()
+        return self.status(request.session_id)
 
     async def CatalogGet(self, request: pb.CatalogGetRequest, context: aio.ServicerContext) -> pb.CatalogGetResponse:
         await self._check_or_abort(context)
@@ -198,9 +279,13 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             except _Abort as abort:
                 await context.abort(abort.code, abort.details)
         session = request.session_id
-        if request.worker_id and not session:
+        if request.worker_id:
             worker = self.scheduler.workers.get(request.worker_id)
-            session = worker.session or "" if worker else ""
+            owner = (worker.session or "") if worker else ""
+            if session and owner != session:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"worker {request.worker_id} does not belong to this session")
+            session = owner
         instructions = self.scheduler.handle(sch.ReleaseRequested(
             session, time.monotonic(), pool=pool, worker_id=request.worker_id or None))
         self.apply(instructions)
@@ -237,6 +322,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         now = time.monotonic()
         if reg.worker_id in self.launches:
             self.launches[reg.worker_id].ready = now
+            self.metrics.cold_start.labels(self.launches[reg.worker_id].pool).observe(
+                now - self.launches[reg.worker_id].launched)
             self.apply(self.scheduler.handle(sch.WorkerReady(reg.worker_id, now)))
         else:
             pool = next((p for p in self.config.pools if p.lower() == reg.hardware.lower()), reg.hardware)
@@ -262,10 +349,25 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 kind = message.WhichOneof("kind")
                 if kind == "event":
                     self._on_worker_event(conn, message.event)
+                elif kind == "heartbeat":
+                    self._check_memory(conn, message.heartbeat.rss)
         except (asyncio.CancelledError, aio.AioRpcError, grpc.RpcError):
             pass
         finally:
             conn.outbox.put_nowait(None)
+
+    def _check_memory(self, conn: WorkerConn, rss: int) -> None:
+        pool = self.config.pools.get(conn.pool)
+        limit = pool.memory_limit_mb if pool else 0
+        if limit and rss > limit * 1_000_000 and self.conns.get(conn.worker_id) is conn:
+            reason = (f"worker exceeded its memory limit ({rss / 1e6:.0f} MB > {limit} MB, "
+                      f"memory_limit_mb of pool {conn.pool}) and was stopped")
+            self.conns.pop(conn.worker_id, None)
+            conn.outbox.put_nowait(None)
+            record = self.launches.pop(conn.worker_id, None)
+            if record is not None:
+                self._spawn(record.provisioner.terminate(conn.worker_id, grace_s=0.0))
+            self.apply(self.scheduler.handle(sch.WorkerGone(conn.worker_id, time.monotonic(), reason)))
 
     def _on_worker_event(self, conn: WorkerConn, event: pb.CellEvent) -> None:
         run = self.cells.get(event.cell_id)
@@ -282,7 +384,9 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             self._complete(run, event)
             self.apply(self.scheduler.handle(sch.CellFinished(run.request.cell_id, time.monotonic())))
             return
-        run.events.put_nowait(event)
+        if kind == "error":
+            run.outcome = event.error.kind or "user"
+        run.push(event)
 
     # ------------------------------------------------------------ instructions -> I/O
 
@@ -302,10 +406,12 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             elif isinstance(ins, sch.QueuePosition):
                 run = self.cells.get(ins.cell_id)
                 if run is not None:
-                    run.events.put_nowait(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), queued=pb.Queued(
+                    run.push(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), queued=pb.Queued(
                         position=ins.position, hardware=ins.pool)))
             elif isinstance(ins, sch.UsageRecorded):
-                log.info("usage %s %s %.1fs", ins.session, ins.pool, ins.end - ins.start)
+                pool_cfg = self.config.pools.get(ins.pool)
+                price = pool_cfg.price_per_hour if pool_cfg else 0.0
+                self.journal.record_usage(ins.session, ins.pool, ins.worker_id, ins.end - ins.start, price)
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -316,7 +422,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         pool = self.config.pools[pool_label]
         provisioner = self.provisioners[pool.provisioner]
         self.launches[worker_id] = LaunchRecord(pool_label, time.monotonic(), provisioner)
-        spec = LaunchSpec(worker_id, pool, self.address, self.worker_token, log_dir=self.log_dir)
+        env = {}
+        if self.config.tls_cert and ENV_TLS_CA not in os.environ:
+            env[ENV_TLS_CA] = self.config.tls_cert  # a self-signed certificate is its own CA
+        spec = LaunchSpec(worker_id, pool, self.worker_address(), self.worker_token, env=env, log_dir=self.log_dir)
         try:
             await provisioner.launch(spec)
         except Exception as exc:  # noqa: BLE001 - any launch failure fails the waiting cell with its reason
@@ -338,7 +447,9 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         if ins.cold and record is not None and record.ready:
             run.cold_start_s = record.ready - max(record.launched, run.submitted)
         conn.outbox.put_nowait(pb.WorkerInstruction(execute=run.request))
-        run.events.put_nowait(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), started=pb.Started(
+        if not ins.cold:
+            self.metrics.dispatch.labels(run.pool).observe(now - run.submitted)
+        run.push(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), started=pb.Started(
             worker_id=ins.worker_id, hardware=run.pool, cold=ins.cold, node=conn.node, versions=conn.versions)))
         timeout = run.request.options.timeout_s
         if timeout > 0:
@@ -383,16 +494,23 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         run.done = True
         if run.timer:
             run.timer.cancel()
-        run.events.put_nowait(finished)
-        run.events.put_nowait(None)
+        outcome = "ok" if finished.finished.ok else ("timeout" if run.timed_out else run.outcome)
+        self.metrics.cells.labels(run.pool, outcome).inc()
+        run.push(finished)
+        run.close()
+        if run.attached == 0 and run.detach_timer is None:
+            # Nobody is listening now; keep the log for a reconnect, then forget it.
+            run.detach_timer = asyncio.get_running_loop().call_later(
+                self.config.reattach_grace_s, self._abandon, run)
 
     def _fail(self, run: CellRun, reason: str, kind: str) -> None:
         ename = {"timeout": "CellTimeoutError", "cancelled": "KeyboardInterrupt",
                  "worker_lost": "WorkerLostError"}.get(kind, "GpucellError")
         if kind == "timeout":
             reason = f"the cell ran past its --timeout of {run.request.options.timeout_s:g}s and was stopped"
-        run.events.put_nowait(pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
-                                           error=pb.Error(ename=ename, evalue=reason, kind=kind)))
+        run.outcome = kind
+        run.push(pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
+                              error=pb.Error(ename=ename, evalue=reason, kind=kind)))
         self._complete(run, pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
                                          finished=pb.Finished(ok=False)))
 
@@ -430,8 +548,30 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 self.apply(self.scheduler.handle(sch.WorkerGone(
                     conn.worker_id, now, f"no heartbeat for {self.config.heartbeat_timeout:g}s")))
         self.apply(self.scheduler.handle(sch.Tick(now)))
+        self._update_gauges()
+        if now - self._last_checkpoint > 5.0:
+            self._checkpoint_usage()
 
-    def status(self) -> pb.StatusGetResponse:
+    def _checkpoint_usage(self) -> None:
+        """Open intervals (workers still assigned) are written every few seconds, so a crash loses little."""
+        self._last_checkpoint = time.monotonic()
+        open_intervals = []
+        for w in self.scheduler.workers.values():
+            if w.session is not None and w.assigned_at is not None and w.state is not sch.WorkerState.RELEASING:
+                pool_cfg = self.config.pools.get(w.pool)
+                open_intervals.append((w.session, w.pool, w.id, self._last_checkpoint - w.assigned_at,
+                                       pool_cfg.price_per_hour if pool_cfg else 0.0))
+        self.journal.checkpoint_open(open_intervals)
+
+    def _update_gauges(self) -> None:
+        for label in self.config.pools:
+            self.metrics.queue_depth.labels(label).set(self.scheduler.queue_length(label))
+            for state in sch.WorkerState:
+                self.metrics.workers.labels(label, state.value).set(
+                    sum(1 for w in self.scheduler.workers.values() if w.pool == label and w.state is state))
+
+    def status(self, session_id: str = "") -> pb.StatusGetResponse:
+        """Everything for an operator (no session id); for a session, its own workers and usage in detail."""
         now = time.monotonic()
         pools = []
         for label, cfg in self.config.pools.items():
@@ -442,6 +582,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 idle = now - w.last_active if w.state is sch.WorkerState.IDLE else 0.0
                 release_in = max(0.0, w.idle_timeout - idle) if w.state is sch.WorkerState.IDLE else -1.0
                 conn = self.conns.get(w.id)
+                if session_id and w.session != session_id:
+                    workers.append(pb.WorkerStatus(id="", state=w.state.value, hardware=label,
+                                                   idle_s=idle, release_in_s=release_in))
+                    continue
                 workers.append(pb.WorkerStatus(
                     id=w.id, state=w.state.value, session=w.session or "", idle_s=idle, hardware=label,
                     release_in_s=release_in, session_name=self.session_names.get(w.session or "", ""),
@@ -451,11 +595,16 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 max_workers=cfg.max_workers, min_warm=cfg.min_warm, idle_timeout=cfg.idle_timeout,
                 price_per_hour=cfg.price_per_hour, simulate=cfg.simulate))
         usage = []
-        for (session, pool), seconds in sorted(self.scheduler.usage_snapshot(now).items()):
+        snapshot = self.scheduler.usage_snapshot(now)
+        others = {s for s, _ in snapshot if session_id and s != session_id}
+        for (session, pool), seconds in sorted(snapshot.items()):
+            if session in others:
+                continue
             price = self.config.pools[pool].price_per_hour if pool in self.config.pools else 0.0
             usage.append(pb.UsageRecord(session=session, hardware=pool, worker_seconds=seconds,
                                         cost=seconds * price / 3600.0, session_name=self.session_names.get(session, "")))
-        return pb.StatusGetResponse(pools=pools, usage=usage, broker_address=self.address)
+        return pb.StatusGetResponse(pools=pools, usage=usage, broker_address=self.address,
+                                    metrics_address=self.metrics.address, other_sessions=len(others))
 
 
 class _Abort(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -12,9 +13,13 @@ from gpucell.config import ENV_BROKER, ENV_TOKEN
 from gpucell.errors import (AuthenticationError, BrokerUnavailableError, ConfigError, GpucellError,
                             UnknownHardwareError)
 from gpucell.protocol import gpucell_pb2 as pb
+from gpucell.protocol.channels import open_channel
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 
 UNARY_TIMEOUT_S = 10.0
+# A dropped cell stream is re-attached for this long (the broker keeps the cell for reattach_grace_s).
+REATTACH_WINDOW_S = 25.0
+_DROPPED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 T = TypeVar("T")
 
 
@@ -39,12 +44,13 @@ def translate(exc: grpc.RpcError, address: str) -> GpucellError:
 class BrokerClient:
     """Blocking calls to one broker. Thread-safe (gRPC channels are)."""
 
-    def __init__(self, address: str, token: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, address: str, token: str, *, connect_timeout: float = 5.0, tls_ca: str | None = None) -> None:
         self.address = address
         self.connect_timeout = connect_timeout
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
-                   ("grpc.enable_retries", 0)]
-        self._channel = grpc.insecure_channel(address, options=options)
+                   ("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
+        self._channel = open_channel(address, options, tls_ca)
         self._stub = pb_grpc.BrokerStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._ready = False
@@ -75,13 +81,40 @@ class BrokerClient:
             raise translate(exc, self.address) from None
 
     def execute(self, request: pb.CellExecuteRequest) -> Iterator[pb.CellEvent]:
-        """Submit a cell; yields its events as they happen, ending with `finished`."""
+        """Submit a cell; yields its events as they happen, ending with `finished`.
+
+        If the stream drops mid-cell (network, proxy, broker hiccup), re-attach and resume after the
+        last event seen: the cell keeps running on its worker meanwhile, and no event is lost or doubled.
+        """
         self.ensure_ready()
         call = self._stub.CellExecute(request, metadata=self._metadata)
+        last_seq = 0
+        deadline = 0.0
         try:
-            yield from call
-        except grpc.RpcError as exc:
-            raise translate(exc, self.address) from None
+            while True:
+                try:
+                    for event in call:
+                        last_seq = event.seq or last_seq
+                        deadline = 0.0
+                        yield event
+                        if event.WhichOneof("kind") == "finished":
+                            return
+                    return
+                except grpc.RpcError as exc:
+                    if exc.code() not in _DROPPED or last_seq == 0:
+                        raise translate(exc, self.address) from None
+                    deadline = deadline or time.monotonic() + REATTACH_WINDOW_S
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise translate(exc, self.address) from None
+                    try:
+                        grpc.channel_ready_future(self._channel).result(timeout=remaining)
+                    except grpc.FutureTimeoutError:
+                        raise translate(exc, self.address) from None
+                    call.cancel()
+                    call = self._stub.CellAttach(pb.CellAttachRequest(
+                        session_id=request.session_id, cell_id=request.cell_id, after_seq=last_seq),
+                        metadata=self._metadata)
         finally:
             call.cancel()
 

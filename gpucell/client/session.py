@@ -156,6 +156,19 @@ class Session:
 
     def run_cell(self, source: str, user_ns: MutableMapping[str, Any], options: CellOptions, sink: OutputSink,
                  *, skip: set[str] | None = None, execution_count: int = 0) -> CellReport:
+        """Run one cell remotely; with options.retries, a lost worker means another try on a new one."""
+        for attempt in range(options.retries + 1):
+            try:
+                return self._run_once(source, user_ns, options, sink, skip, execution_count)
+            except WorkerLostError as exc:
+                if attempt == options.retries:
+                    raise
+                sink.phase(f"gpucell: {exc}; retrying ({attempt + 1}/{options.retries})")
+                time.sleep(min(0.2 * 2 ** attempt, 5.0))  # backoff between tries, not synchronisation
+        raise AssertionError("unreachable")
+
+    def _run_once(self, source: str, user_ns: MutableMapping[str, Any], options: CellOptions, sink: OutputSink,
+                  skip: set[str] | None, execution_count: int) -> CellReport:
         request = self.build_request(source, user_ns, options, skip or set(), execution_count)
         self._requested_hardware = request.hardware
         report = CellReport(cell_id=request.cell_id)

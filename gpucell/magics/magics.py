@@ -98,6 +98,12 @@ class GPUCellMagics(Magics):
     @cell_magic
     def gpu(self, line: str, cell: str) -> None:
         """Run this cell on a remote worker, with the variables it reads; what it assigns comes back."""
+        options = self.parse_options(line)
+        self.session.run_cell(cell, self.shell.user_ns, options, self.sink, skip=self.skip_names(),
+                              execution_count=self.shell.execution_count)
+
+    def parse_options(self, line: str) -> CellOptions:
+        """%%gpu's option line → CellOptions, or a one-line UsageError/ConfigError naming the option."""
         args = parse_argstring(self.gpu, line)
         if args.timeout is not None and args.timeout <= 0:
             raise ConfigError(f"--timeout {args.timeout:g}: must be positive")
@@ -105,18 +111,16 @@ class GPUCellMagics(Magics):
             raise ConfigError(f"--idle {args.idle:g}: must be positive")
         if args.retries < 0:
             raise ConfigError(f"--retries {args.retries}: must be zero or more")
-        options = CellOptions(
+        return CellOptions(
             hardware=args.hardware, timeout_s=args.timeout or self.settings.timeout, idle_s=args.idle,
             fresh=args.fresh, env=_env(args.env), pull=_names(args.pull, "--pull"), keep=_names(args.keep, "--keep"),
             retries=args.retries, strict=args.strict or self.settings.strict,
             return_limit=self.settings.return_limit_mb * 1_000_000)
-        self.session.run_cell(cell, self.shell.user_ns, options, self.sink, skip=self.skip_names(),
-                              execution_count=self.shell.execution_count)
 
     @line_magic
     def gpu_status(self, line: str = "") -> None:
         """Pools, workers, queue, and this session's usage and cost."""
-        status = self.session.client.status()
+        status = self.session.client.status(self.session.session_id)
         if "ipykernel" in sys.modules and getattr(self.shell, "kernel", None) is not None:
             display(HTML(status_html(status, self.session.session_id)))
         else:

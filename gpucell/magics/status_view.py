@@ -12,7 +12,7 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         for w in pool["workers"]:
             idle = f"{w['idle_s']:.0f}s" if w["state"] == "idle" else ""
             release = f"{w['release_in_s']:.0f}s" if w["release_in_s"] >= 0 else ""
-            rows.append((label, w["id"], w["state"], idle, release))
+            rows.append((label, w["id"] or "(another session)", w["state"], idle, release))
     return rows
 
 

@@ -1,13 +1,14 @@
-"""Which names an IPython cell reads, binds and deletes at module scope, found from its syntax tree."""
+"""Which names an IPython cell reads, binds and deletes at top level, found from its syntax tree."""
 
 from __future__ import annotations
 
 import ast
 import difflib
 import re
+import warnings
 from dataclasses import dataclass
 from itertools import chain
-from typing import Union
+from typing import Any, Callable, Union
 
 from IPython.core.inputtransformer2 import TransformerManager
 
@@ -79,18 +80,26 @@ def _parse(source: str) -> tuple[ast.Module, str | None]:
     try:
         # Plain Python is left unchanged by IPython's transforms; skipping them halves the cost and
         # keeps line numbers exact.
-        return ast.parse(source), None
+        return _quiet_parse(source), None
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         pass
     transformed = _TRANSFORMER.transform_cell(source)
     try:
-        return ast.parse(transformed), transformed
+        return _quiet_parse(transformed), transformed
     except SyntaxError as exc:
         raise _syntax_error(exc.msg, exc.lineno, exc.offset, source, transformed) from None
     except ValueError as exc:  # e.g. a NUL byte (a SyntaxError only from Python 3.12)
         raise CellSyntaxError(str(exc)) from None
     except (RecursionError, MemoryError):
         raise CellSyntaxError("cell is too deeply nested to parse") from None
+
+
+def _quiet_parse(text: str, mode: str = "exec") -> Any:
+    # Warnings such as "invalid escape sequence" are the run's to show, not the analysis's.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(text, mode=mode)
 
 
 def _syntax_error(
@@ -180,7 +189,7 @@ class _ModuleScope:
         self.assigns: dict[str, None] = {}
         self.deleted: dict[str, None] = {}
         self.tries: list[_TryBlock] = []
-        # Names of defs/classes being defined: their bodies run only once the name is bound.
+        # Names of functions being defined: their bodies run only once the name is bound.
         self.defining: set[str] = set()
         self.star_import = False
         self.future_annotations = False
@@ -309,6 +318,7 @@ class _FunctionScope:
                 module.store(name, definite=False)
         for name in self.deleted:
             if name in self.globals:
+                module.resolve(name, self.runs_now)  # it must exist to be deleted
                 module.deleted[name] = None
 
 
@@ -363,7 +373,7 @@ class _Walker:
         self.scope: _Scope = self.module
         self.loops: list[_Loop] = []
         self.cond = 0  # > 0 inside the part of an expression that may not run (`a and (b := 1)`)
-        self.handlers = {
+        self.handlers: dict[type[ast.AST], Callable[[Any], None]] = {
             ast.Expr: self._expr_stmt,
             ast.Assign: self._assign,
             ast.AugAssign: self._augassign,
@@ -394,6 +404,9 @@ class _Walker:
         try_star = getattr(ast, "TryStar", None)
         if try_star is not None:
             self.handlers[try_star] = self._try
+        type_alias = getattr(ast, "TypeAlias", None)
+        if type_alias is not None:
+            self.handlers[type_alias] = self._type_alias
 
     # ---- scope switching
 
@@ -614,13 +627,16 @@ class _Walker:
             return
         start = _without(entry, block)
         scope.flow = _copy(start)
+        in_finally = _TryBlock()  # records what the finally block deletes
+        scope.tries.append(in_finally)
         self.stmts(node.finalbody)
+        scope.tries.pop()
         end = scope.flow
-        if out is None or end is None or start is None:
+        if out is None or end is None:
             scope.flow = None
             return
-        # Apply what the finally block changed to the normal way out.
-        scope.flow = (out - (start - end)) | (end - start)
+        # Apply what the finally block did to the normal way out.
+        scope.flow = (out - in_finally.deleted) | end
 
     def _match(self, node: ast.Match) -> None:
         self.expr(node.subject)
@@ -702,19 +718,32 @@ class _Walker:
             self.expr(keyword.value)
         scope = self.scope
         body = _ClassScope(scope, self.module)
-        own = self._start_defining(node.name)
+        # Unlike a def's body, code in a class body can run before the class name is bound
+        # (`x = helper()` calling a method that names the class), so the name stays a read.
         saved = self._enter(body)
         try:
             self.stmts(node.body)
         finally:
             self._leave(saved)
-        if own:
-            self.module.defining.discard(node.name)
         scope.store(node.name)
 
+    def _type_alias(self, node: Any) -> None:
+        # `type X[T] = ...` (Python 3.12+): the value is evaluated lazily, in a scope of its own.
+        inner = _FunctionScope(self.scope, self.module, runs_now=False)
+        saved = self._enter(inner)
+        try:
+            for param in node.type_params:
+                inner.store(param.name)
+            self.expr(node.value)
+        finally:
+            self._leave(saved)
+        inner.finish()
+        self.scope.store(node.name.id)
+
     def _start_defining(self, name: str) -> bool:
-        # A module-level def/class may name itself in its methods or body (recursion): that
-        # read happens after the name is bound, so it is not a read of the old value.
+        # A module-level function may call itself (recursion): its body runs once the name is
+        # bound, so that is not a read of an old value. (Unsound only for a decorator that calls
+        # the function before returning it, which is rare and odd.)
         if self.scope is self.module and name not in self.module.defining:
             self.module.defining.add(name)
             return True
@@ -753,52 +782,65 @@ class _Walker:
     # ---- expressions
 
     def expr(self, root: ast.expr) -> None:
-        stack: list[object] = [root]
+        stack: list[Any] = [root]  # AST nodes, and ("cond", ±1) / ("bind", name) markers
         pop = stack.pop
         push = stack.append
+        load = self.scope.load  # nested scopes (lambda, comprehension) are walked by other calls
         while stack:
             node = pop()
             cls = node.__class__
             if cls is ast.Name:
-                self.scope.load(node.id)  # type: ignore[attr-defined]
+                load(node.id)
             elif cls is ast.Constant:
                 continue
+            elif cls is ast.Attribute:
+                push(node.value)
+            elif cls is ast.Call:
+                func = node.func
+                if func.__class__ is ast.Attribute and func.attr in _IPYTHON_CALLS:
+                    _magic_code(node, self)
+                for keyword in reversed(node.keywords):
+                    push(keyword.value)
+                stack.extend(reversed(node.args))
+                push(func)
+            elif cls is ast.BinOp:
+                push(node.right)
+                push(node.left)
+            elif cls is ast.Subscript:
+                push(node.slice)
+                push(node.value)
             elif cls is tuple:
-                kind, value = node  # type: ignore[misc]
+                kind, value = node
                 if kind == "cond":
                     self.cond += value
                 else:
                     self._walrus_store(value)
-            elif cls is ast.Attribute:
-                push(node.value)  # type: ignore[attr-defined]
             elif cls is ast.NamedExpr:
-                push(("bind", node.target.id))  # type: ignore[attr-defined]
-                push(node.value)  # type: ignore[attr-defined]
+                push(("bind", node.target.id))
+                push(node.value)
             elif cls is ast.BoolOp:
-                values = node.values  # type: ignore[attr-defined]
+                values = node.values
                 push(_COND_LEAVE)
                 stack.extend(reversed(values[1:]))
                 push(_COND_ENTER)
                 push(values[0])
             elif cls is ast.IfExp:
                 push(_COND_LEAVE)
-                push(node.orelse)  # type: ignore[attr-defined]
-                push(node.body)  # type: ignore[attr-defined]
+                push(node.orelse)
+                push(node.body)
                 push(_COND_ENTER)
-                push(node.test)  # type: ignore[attr-defined]
+                push(node.test)
             elif cls in _COMPREHENSIONS:
-                self._comprehension(node)  # type: ignore[arg-type]
+                self._comprehension(node)
             elif cls is ast.Lambda:
-                self._lambda(node)  # type: ignore[arg-type]
+                self._lambda(node)
             elif cls is ast.Dict:
                 # Evaluated key, value, key, value...; `**m` has a None key.
-                for key, value in reversed(list(zip(node.keys, node.values))):  # type: ignore[attr-defined]
+                for key, value in reversed(list(zip(node.keys, node.values))):
                     push(value)
                     if key is not None:
                         push(key)
             else:
-                if cls is ast.Call:
-                    _magic_code(node, self)  # type: ignore[arg-type]
                 for field in reversed(_child_fields(cls)):
                     value = getattr(node, field)
                     if value is None:
@@ -865,9 +907,16 @@ def _without(entry: _State, block: _TryBlock) -> _State:
 
 # Magics whose argument is Python code run in the user namespace (`%time y = f(x)`), and those
 # that run it in a namespace of their own (`%timeit f(x)`: reads only).
+_IPYTHON_CALLS = frozenset({"run_line_magic", "run_cell_magic", "system", "getoutput"})
 _INLINE_CODE_MAGICS = frozenset({"time", "prun", "capture"})
 _OWN_SCOPE_MAGICS = frozenset({"timeit"})
-_MAGIC_OPTION = re.compile(r"^\s*-[a-zA-Z]+(?:\s*(?!-)[^\s-][^\s]*)?(?=\s)")
+# The options each of them takes before its code (flags, and flags with a value).
+_MAGIC_OPTIONS = {
+    "time": re.compile(r"(?!)"),
+    "timeit": re.compile(r"\s*(?:-[nrp]\s*\S+|-[tcqo])(?=\s)"),
+    "prun": re.compile(r"\s*(?:-[lsTD]\s*\S+|-[rq])(?=\s)"),
+    "capture": re.compile(r"\s*--no-(?:stdout|stderr|display)(?=\s)"),
+}
 _DOLLAR_NAME = re.compile(r"(?<!\$)\$([A-Za-z_]\w*)")
 _BRACED = re.compile(r"(?<!\{)\{([^{}]+)\}(?!\})")
 
@@ -878,7 +927,7 @@ def _magic_code(call: ast.Call, walker: _Walker) -> None:
     func = call.func
     if not (
         isinstance(func, ast.Attribute)
-        and func.attr in ("run_line_magic", "run_cell_magic", "system", "getoutput")
+        and func.attr in _IPYTHON_CALLS
         and isinstance(func.value, ast.Call)
         and isinstance(func.value.func, ast.Name)
         and func.value.func.id == "get_ipython"
@@ -898,12 +947,15 @@ def _magic_code(call: ast.Call, walker: _Walker) -> None:
     if not code_magic:
         _expansions(line, walker)
         return
+    line = _strip_options(magic, line)
     pieces: list[str] = []
     if body is None:
-        pieces.append(_strip_options(line))
+        pieces.append(line)
     else:
         if magic == "timeit":
-            pieces.append(_strip_options(line))  # %%timeit's line is setup code
+            pieces.append(line)  # %%timeit's line is setup code
+        elif magic == "capture" and line.strip().isidentifier():
+            walker.scope.store(line.strip())  # `%%capture out` binds the captured output
         pieces.append(body)
     inner = _FunctionScope(walker.scope, walker.module, runs_now=True)
     own_scope = magic in _OWN_SCOPE_MAGICS
@@ -911,7 +963,7 @@ def _magic_code(call: ast.Call, walker: _Walker) -> None:
     try:
         for piece in pieces:
             try:
-                code = ast.parse(_TRANSFORMER.transform_cell(piece) if piece.strip() else "")
+                code = _quiet_parse(_TRANSFORMER.transform_cell(piece) if piece.strip() else "")
             except (SyntaxError, ValueError, RecursionError, MemoryError):
                 continue  # the magic will report it; nothing more to learn here
             walker.stmts(code.body)
@@ -922,9 +974,10 @@ def _magic_code(call: ast.Call, walker: _Walker) -> None:
         inner.finish()
 
 
-def _strip_options(line: str) -> str:
+def _strip_options(magic: str, line: str) -> str:
+    option = _MAGIC_OPTIONS[magic]
     while True:
-        match = _MAGIC_OPTION.match(line + " ")
+        match = option.match(line + " ")
         if match is None:
             return line
         line = line[match.end():]
@@ -936,7 +989,7 @@ def _expansions(text: str, walker: _Walker) -> None:
         walker.scope.load(match.group(1))
     for match in _BRACED.finditer(text):
         try:
-            expression = ast.parse(match.group(1).strip(), mode="eval")
+            expression = _quiet_parse(match.group(1).strip(), mode="eval")
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue
         walker.expr(expression.body)

@@ -108,9 +108,10 @@ class CellExecuteRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ...) -> None: ...
 
 class CellEvent(_message.Message):
-    __slots__ = ("cell_id", "time", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer")
+    __slots__ = ("cell_id", "time", "seq", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer")
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +123,7 @@ class CellEvent(_message.Message):
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     cell_id: str
     time: float
+    seq: int
     queued: Queued
     started: Started
     stream: Stream
@@ -131,7 +133,7 @@ class CellEvent(_message.Message):
     finished: Finished
     notice: Notice
     transfer: Transfer
-    def __init__(self, cell_id: _Optional[str] = ..., time: _Optional[float] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., stream: _Optional[_Union[Stream, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ...) -> None: ...
+    def __init__(self, cell_id: _Optional[str] = ..., time: _Optional[float] = ..., seq: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., stream: _Optional[_Union[Stream, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ...) -> None: ...
 
 class Transfer(_message.Message):
     __slots__ = ("address", "ticket", "hashes")
@@ -242,6 +244,16 @@ class Notice(_message.Message):
     text: str
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
+class CellAttachRequest(_message.Message):
+    __slots__ = ("session_id", "cell_id", "after_seq")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CELL_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    cell_id: str
+    after_seq: int
+    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
 class CellCancelRequest(_message.Message):
     __slots__ = ("session_id", "cell_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -319,14 +331,18 @@ class UsageRecord(_message.Message):
     def __init__(self, session: _Optional[str] = ..., hardware: _Optional[str] = ..., worker_seconds: _Optional[float] = ..., cost: _Optional[float] = ..., session_name: _Optional[str] = ...) -> None: ...
 
 class StatusGetResponse(_message.Message):
-    __slots__ = ("pools", "usage", "broker_address")
+    __slots__ = ("pools", "usage", "broker_address", "metrics_address", "other_sessions")
     POOLS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     BROKER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OTHER_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     pools: _containers.RepeatedCompositeFieldContainer[PoolStatus]
     usage: _containers.RepeatedCompositeFieldContainer[UsageRecord]
     broker_address: str
-    def __init__(self, pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ..., broker_address: _Optional[str] = ...) -> None: ...
+    metrics_address: str
+    other_sessions: int
+    def __init__(self, pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[UsageRecord, _Mapping]]] = ..., broker_address: _Optional[str] = ..., metrics_address: _Optional[str] = ..., other_sessions: _Optional[int] = ...) -> None: ...
 
 class CatalogGetRequest(_message.Message):
     __slots__ = ()

@@ -44,6 +44,11 @@ class BrokerStub:
                 request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.CellCancelRequest.SerializeToString,
                 response_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.CellCancelResponse.FromString,
                 _registered_method=True)
+        self.CellAttach = channel.unary_stream(
+                '/gpucell.v1.Broker/CellAttach',
+                request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.CellAttachRequest.SerializeToString,
+                response_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.CellEvent.FromString,
+                _registered_method=True)
         self.StatusGet = channel.unary_unary(
                 '/gpucell.v1.Broker/StatusGet',
                 request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.StatusGetRequest.SerializeToString,
@@ -76,6 +81,12 @@ class BrokerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CellCancel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CellAttach(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +128,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.CellCancel,
                     request_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.CellCancelRequest.FromString,
                     response_serializer=gpucell_dot_protocol_dot_gpucell__pb2.CellCancelResponse.SerializeToString,
+            ),
+            'CellAttach': grpc.unary_stream_rpc_method_handler(
+                    servicer.CellAttach,
+                    request_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.CellAttachRequest.FromString,
+                    response_serializer=gpucell_dot_protocol_dot_gpucell__pb2.CellEvent.SerializeToString,
             ),
             'StatusGet': grpc.unary_unary_rpc_method_handler(
                     servicer.StatusGet,
@@ -193,6 +209,33 @@ class Broker:
             '/gpucell.v1.Broker/CellCancel',
             gpucell_dot_protocol_dot_gpucell__pb2.CellCancelRequest.SerializeToString,
             gpucell_dot_protocol_dot_gpucell__pb2.CellCancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CellAttach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gpucell.v1.Broker/CellAttach',
+            gpucell_dot_protocol_dot_gpucell__pb2.CellAttachRequest.SerializeToString,
+            gpucell_dot_protocol_dot_gpucell__pb2.CellEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,6 +23,7 @@ from gpucell.namespace import serialize
 from gpucell.namespace.transfer import DataServer
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
+from gpucell.protocol.channels import open_channel
 from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
 
 DEFAULT_RETURN_LIMIT = 256 * 1024 * 1024
@@ -138,7 +139,7 @@ class Worker:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            self.outbox.put(pb.WorkerMessage(heartbeat=pb.WorkerHeartbeat()))
+            self.outbox.put(pb.WorkerMessage(heartbeat=pb.WorkerHeartbeat(rss=_rss())))
 
     def _cancel(self, cell_id: str) -> None:
         if cell_id != self.current_cell:
@@ -163,7 +164,7 @@ class Worker:
             worker_id=self.worker_id, hardware=self.hardware, pid=os.getpid(),
             node=os.environ.get("GPUCELL_NODE", socket.gethostname()), versions=versions(), gpus=gpus)))
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        channel = grpc.insecure_channel(self.broker, options=options)
+        channel = open_channel(self.broker, options)
         stub = pb_grpc.WorkerHubStub(channel)
         responses = stub.WorkerConnect(self._requests(), metadata=(("authorization", f"Bearer {self.token}"),))
         threading.Thread(target=self._read, args=(responses,), daemon=True, name="gpucell-reader").start()
@@ -365,4 +366,13 @@ def _nbytes(value: Any) -> int:
     try:
         return int(value.element_size() * value.nelement())
     except Exception:  # noqa: BLE001
+        return 0
+
+
+def _rss() -> int:
+    """Resident memory of this process in bytes (the broker enforces a pool's memory_limit_mb on it)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
         return 0

@@ -1,0 +1,62 @@
+"""The broker's SQLite journal of sessions and usage, so a restart loses no usage record."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY,
+    session TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    worker_id TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    cost REAL NOT NULL,
+    closed INTEGER NOT NULL,      -- 0: a still-assigned worker's interval up to the last checkpoint
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+"""
+
+
+class Journal:
+    """Small synchronous writes (WAL, no fsync per row): cheap enough for the broker's event loop."""
+
+    def __init__(self, path: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        # Intervals left open by a broker that died: their last checkpoint is the best record there is.
+        self._db.execute("UPDATE usage SET closed = 1 WHERE closed = 0")
+
+    def record_usage(self, session: str, pool: str, worker_id: str, seconds: float, price_per_hour: float) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM usage WHERE closed = 0 AND worker_id = ?", (worker_id,))
+            self._db.execute("INSERT INTO usage (session, pool, worker_id, seconds, cost, closed, at) "
+                             "VALUES (?, ?, ?, ?, ?, 1, ?)",
+                             (session, pool, worker_id, seconds, seconds * price_per_hour / 3600.0, time.time()))
+
+    def checkpoint_open(self, intervals: list[tuple[str, str, str, float, float]]) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM usage WHERE closed = 0")
+            self._db.executemany(
+                "INSERT INTO usage (session, pool, worker_id, seconds, cost, closed, at) VALUES (?, ?, ?, ?, ?, 0, ?)",
+                [(s, p, w, sec, sec * price / 3600.0, time.time()) for s, p, w, sec, price in intervals])
+
+    def usage_totals(self, include_open: bool = False) -> dict[tuple[str, str], float]:
+        query = "SELECT session, pool, SUM(seconds) FROM usage" + ("" if include_open else " WHERE closed = 1")
+        return {(s, p): total for s, p, total in self._db.execute(query + " GROUP BY session, pool")}
+
+    def record_session(self, session: str, name: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO sessions (id, name) VALUES (?, ?)", (session, name))
+
+    def session_names(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT id, name FROM sessions"))
+
+    def close(self) -> None:
+        self._db.close()
