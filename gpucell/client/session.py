@@ -113,6 +113,7 @@ class Session:
                                    env=options.env, pull=options.pull, keep=options.keep, retries=options.retries,
                                    strict=options.strict, return_limit=options.return_limit))
         self._pending = {}
+        inline_bytes = 0  # the request stays small; the rest goes over the data path on demand
         for name in names.reads:
             if name in skip or name not in user_ns:
                 continue
@@ -133,7 +134,8 @@ class Session:
             if packed.hash in self._pending:
                 continue
             self._pending[packed.hash] = packed
-            if packed.size <= INLINE_LIMIT:
+            if packed.size + inline_bytes <= INLINE_LIMIT:
+                inline_bytes += packed.size
                 request.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
                                              buffers=[bytes(b) for b in packed.buffers]))
         return request

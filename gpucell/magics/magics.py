@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import HTML, display, publish_display_data
@@ -104,7 +105,10 @@ class GPUCellMagics(Magics):
 
     def parse_options(self, line: str) -> CellOptions:
         """%%gpu's option line → CellOptions, or a one-line UsageError/ConfigError naming the option."""
-        args = parse_argstring(self.gpu, line)
+        try:
+            args = parse_argstring(self.gpu, line)
+        except ValueError as exc:  # shlex: an unbalanced quote
+            raise UsageError(f"%%gpu {line}: {exc}") from None
         if args.timeout is not None and args.timeout <= 0:
             raise ConfigError(f"--timeout {args.timeout:g}: must be positive")
         if args.idle < 0:
