@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install proto proto-check clean bench
+.PHONY: demo test install chromium clean bench
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,8 +20,9 @@ install: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
+# Runs the quickstart on an embedded broker, printing each cell's output as it happens.
 demo: install
-	$(PY) scripts/demo.py
+	$(PY) -m gpucell.cli run notebooks/quickstart.ipynb -o $${TMPDIR:-/tmp}/gpucell-quickstart.out.ipynb
 
 test: install chromium
 	$(PY) scripts/gen_protocol.py --check

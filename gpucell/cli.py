@@ -9,6 +9,7 @@ import os
 import secrets
 import sys
 
+from gpucell.batch.commands import add_batch_commands
 from gpucell.config import ENV_TOKEN, ENV_WORKER_TOKEN, load_config
 from gpucell.errors import GpucellError
 
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker")
     p.set_defaults(func=_release)
 
+    add_batch_commands(sub)  # run, jobs, logs, fetch, cancel
     return parser
 
 

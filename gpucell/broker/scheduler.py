@@ -156,6 +156,16 @@ class QueuePosition:
 
 
 @dataclass(frozen=True)
+class Assigned:
+    """A worker now belongs to a session (for good): the start of its metered interval."""
+
+    worker_id: str
+    session: str
+    pool: str
+    now: float
+
+
+@dataclass(frozen=True)
 class UsageRecorded:
     session: str
     pool: str
@@ -164,16 +174,18 @@ class UsageRecorded:
     end: float
 
 
-Instruction = Union[Launch, Dispatch, Terminate, FailCell, QueuePosition, UsageRecorded]
+Instruction = Union[Launch, Dispatch, Terminate, FailCell, QueuePosition, Assigned, UsageRecorded]
 
 
 @dataclass
 class Scheduler:
     """Pools of workers, a FIFO queue per pool, session affinity and idle release.
 
-    Invariants (property-tested): a worker serves at most one session in its life; a pool never
-    has more than max_workers processes (releasing ones included, until they are gone); every
-    queued cell is eventually dispatched or failed with a reason.
+    Invariants (property-tested in tests/test_scheduler.py): a worker serves at most one session
+    in its life; a pool never has more than max_workers processes (releasing ones included, until
+    they are gone); every queued cell is eventually dispatched or failed with a reason; a session
+    worker idle past its timeout is released by the next Tick; cells waiting for capacity get it
+    in submission order; usage is the sum of the assignment intervals.
     """
 
     pools: dict[str, PoolLimits]
@@ -183,6 +195,7 @@ class Scheduler:
     cold_cells: set[str] = field(default_factory=set)              # cells that waited for a launch
     usage: dict[tuple[str, str], float] = field(default_factory=dict)  # (session, pool) -> seconds
     _next_id: int = 0
+    _seen_ids: set[str] = field(default_factory=set)               # never reuse a worker id
 
     def __post_init__(self) -> None:
         for name in self.pools:
@@ -209,11 +222,7 @@ class Scheduler:
                 worker.last_active = event.now
                 self._pump(worker.pool, event.now, out)
         elif isinstance(event, WorkerJoined):
-            if event.pool in self.pools and event.worker_id not in self.workers:
-                limits = self.pools[event.pool]
-                self.workers[event.worker_id] = Worker(event.worker_id, event.pool, WorkerState.IDLE, None,
-                                                       event.now, limits.idle_timeout)
-                self._pump(event.pool, event.now, out)
+            self._join(event, out)
         elif isinstance(event, WorkerGone):
             self._worker_gone(event.worker_id, event.now, event.reason, out)
         elif isinstance(event, ReleaseRequested):
@@ -231,6 +240,7 @@ class Scheduler:
             for queue in self.queues.values():
                 for cell in [c for c in queue if c.session == event.session]:
                     queue.remove(cell)
+                    self.cold_cells.discard(cell.cell_id)
                     out.append(FailCell(cell.cell_id, "session closed", "cancelled"))
             out.extend(self.handle(ReleaseRequested(event.session, event.now)))
         elif isinstance(event, Tick):
@@ -260,25 +270,47 @@ class Scheduler:
     # ------------------------------------------------------------ internals
 
     def _new_worker_id(self, pool: str) -> str:
-        self._next_id += 1
-        return f"{pool.lower().replace(':', 'x')}-{self._next_id}"
+        # A hand-started worker may have joined under a name this counter would produce.
+        while True:
+            self._next_id += 1
+            worker_id = f"{pool.lower().replace(':', 'x')}-{self._next_id}"
+            if worker_id not in self._seen_ids:
+                self._seen_ids.add(worker_id)
+                return worker_id
+
+    def _join(self, event: WorkerJoined, out: list[Instruction]) -> None:
+        if event.worker_id in self.workers:
+            return  # a duplicate registration; the worker we know keeps the name
+        self._seen_ids.add(event.worker_id)  # even a refused one may still be connected for a moment
+        if event.pool not in self.pools:
+            out.append(Terminate(event.worker_id, f"no pool serves {event.pool!r}"))
+            return
+        limits = self.pools[event.pool]
+        if self._pool_size(event.pool) >= limits.max_workers:
+            out.append(Terminate(event.worker_id, f"pool {event.pool} is full ({limits.max_workers} workers)"))
+            return
+        self.workers[event.worker_id] = Worker(event.worker_id, event.pool, WorkerState.IDLE, None,
+                                               event.now, limits.idle_timeout)
+        self._pump(event.pool, event.now, out)
 
     def _pool_size(self, pool: str) -> int:
         return sum(1 for w in self.workers.values() if w.pool == pool)
 
-    def _launch(self, pool: str, session: str | None, now: float, idle_timeout: float | None,
-                out: list[Instruction]) -> Worker:
+    def _launch(self, pool: str, session: str | None, now: float, out: list[Instruction]) -> Worker:
+        # A cell's --idle applies when it is dispatched (_dispatch), not to a launch it may never use.
         worker = Worker(self._new_worker_id(pool), pool, WorkerState.STARTING, None, now,
-                        idle_timeout or self.pools[pool].idle_timeout)
+                        self.pools[pool].idle_timeout)
         self.workers[worker.id] = worker
-        if session is not None:
-            self._assign(worker, session, now)
         out.append(Launch(worker.id, pool))
+        if session is not None:
+            self._assign(worker, session, now, out)
         return worker
 
-    def _assign(self, worker: Worker, session: str, now: float) -> None:
+    def _assign(self, worker: Worker, session: str, now: float, out: list[Instruction]) -> None:
+        assert worker.session is None, "a worker serves one session in its life"
         worker.session = session
         worker.assigned_at = now
+        out.append(Assigned(worker.id, session, worker.pool, now))
 
     def _dispatch(self, cell: PendingCell, worker: Worker, now: float, out: list[Instruction]) -> None:
         worker.state = WorkerState.BUSY
@@ -303,17 +335,17 @@ class Scheduler:
                 self._terminate(worker, now, "replaced by a fresh worker", out)
                 worker = None
             if worker is not None:
+                # Not waiting for capacity any more: the session's own worker takes its cells in order.
+                cell.position = 0
                 if worker.state is WorkerState.IDLE:
                     queue.remove(cell)
                     self._dispatch(cell, worker, now, out)
-                continue  # otherwise wait for the session's own worker: its cells run in order
+                continue
             reserve = next((w for w in self.workers.values() if w.pool == pool and w.session is None
                             and w.state in (WorkerState.IDLE, WorkerState.STARTING)), None)
             if reserve is not None:
                 cell.position = 0
-                self._assign(reserve, cell.session, now)
-                if cell.idle_timeout:
-                    reserve.idle_timeout = cell.idle_timeout
+                self._assign(reserve, cell.session, now, out)
                 if reserve.state is WorkerState.IDLE:
                     queue.remove(cell)
                     self._dispatch(cell, reserve, now, out)
@@ -322,7 +354,7 @@ class Scheduler:
                 continue
             if self._pool_size(pool) < limits.max_workers:
                 cell.position = 0
-                self._launch(pool, cell.session, now, cell.idle_timeout, out)
+                self._launch(pool, cell.session, now, out)
                 self.cold_cells.add(cell.cell_id)
                 continue
             position += 1
@@ -332,7 +364,7 @@ class Scheduler:
         reserves = sum(1 for w in self.workers.values() if w.pool == pool and w.session is None
                        and w.state in (WorkerState.IDLE, WorkerState.STARTING))
         while reserves < limits.min_warm and self._pool_size(pool) < limits.max_workers:
-            self._launch(pool, None, now, None, out)
+            self._launch(pool, None, now, out)
             reserves += 1
 
     def _finish_cell(self, cell_id: str, now: float, out: list[Instruction]) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc import aio
 
+from gpucell.broker.jobs_service import JobsService
 from gpucell.broker.service import BrokerService
 from gpucell.config import BrokerConfig
 from gpucell.errors import ConfigError
@@ -42,6 +43,7 @@ async def start_server(config: BrokerConfig, client_token: str, worker_token: st
     service = BrokerService(config, client_token, worker_token)
     pb_grpc.add_BrokerServicer_to_server(service, server)
     pb_grpc.add_WorkerHubServicer_to_server(service, server)
+    pb_grpc.add_JobsServicer_to_server(JobsService(service), server)  # gpucell run --detach
     address = f"{config.host}:{config.port}"
     if config.tls_cert or config.tls_key:
         try:

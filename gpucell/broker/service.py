@@ -26,6 +26,7 @@ from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 log = logging.getLogger("gpucell.broker")
 
 TICK_S = 0.1
+DROPPED_REASON_GRACE_S = 2.0
 
 
 @dataclass
@@ -123,9 +124,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         for label, pool in self.config.pools.items():
             if pool.provisioner not in self.provisioners:
                 self.provisioners[pool.provisioner] = load_provisioner(pool.provisioner)()
-                configure = getattr(self.provisioners[pool.provisioner], "configure", None)
-                if configure is not None:
-                    configure(self.config)  # e.g. the local provisioner's fork_server setting
+                self.provisioners[pool.provisioner].configure(self.config)  # e.g. fork_server
         if self.config.metrics_port >= 0:
             self.metrics.serve(self.config.host, self.config.metrics_port)
         # Usage survives a broker restart: earlier intervals come back from the journal.
@@ -340,7 +339,21 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             reader.cancel()
             if self.conns.get(conn.worker_id) is conn:
                 del self.conns[conn.worker_id]
-                self.apply(self.scheduler.handle(sch.WorkerGone(conn.worker_id, time.monotonic(), "worker disconnected")))
+                record = self.launches.get(conn.worker_id)
+                if record is None:
+                    self.apply(self.scheduler.handle(sch.WorkerGone(conn.worker_id, time.monotonic(),
+                                                                    "worker disconnected")))
+                else:
+                    # Its provisioner usually knows better than a dropped stream why (killed by a
+                    # signal, its node died): give the tick loop's poll a moment to say so.
+                    self._spawn(self._worker_dropped(conn.worker_id, record))
+
+    async def _worker_dropped(self, worker_id: str, record: LaunchRecord) -> None:
+        deadline = time.monotonic() + DROPPED_REASON_GRACE_S
+        while self.launches.get(worker_id) is record and time.monotonic() < deadline:
+            await asyncio.sleep(TICK_S)  # a bounded wait for the provisioner's reason
+        if self.launches.get(worker_id) is record:
+            self.apply(self.scheduler.handle(sch.WorkerGone(worker_id, time.monotonic(), "worker disconnected")))
 
     async def _read_worker(self, conn: WorkerConn, messages: AsyncIterator[pb.WorkerMessage]) -> None:
         try:

@@ -6,6 +6,7 @@ from typing import Any
 
 from gpucell.magics.comm import register_comm
 from gpucell.magics.magics import GPUCell, GPUCellMagics, connect
+from gpucell.magics.map_magic import GPUMapMagics
 
 __all__ = ["GPUCell", "GPUCellMagics", "load", "unload"]
 
@@ -13,6 +14,7 @@ __all__ = ["GPUCell", "GPUCellMagics", "load", "unload"]
 def load(shell: Any) -> GPUCellMagics:
     magics = connect(shell)
     shell.register_magics(magics)
+    shell.register_magics(GPUMapMagics(shell, magics))
 
     def set_default(hardware: str) -> None:
         magics.session.default_hardware = magics.session.check_hardware(hardware)

@@ -1,6 +1,25 @@
-"""`python -m gpucell.remote_kernel`: start one worker (what `gpucell worker` runs)."""
+"""`python -m gpucell.remote_kernel`: start one worker (what `gpucell worker` runs), without the CLI's imports."""
 
-from gpucell.cli import main
+import argparse
+import os
+import secrets
+
+from gpucell.config import ENV_WORKER_TOKEN
+from gpucell.remote_kernel.worker import Worker, die_with_parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="gpucell worker")
+    parser.add_argument("--broker", required=True, help="host:port")
+    parser.add_argument("--hardware", required=True, help="label this worker serves, e.g. A100")
+    parser.add_argument("--worker-id")
+    parser.add_argument("--parent-pid", type=int, default=0)
+    args = parser.parse_args()
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
+    worker_id = args.worker_id or f"{args.hardware.lower()}-{secrets.token_hex(3)}"
+    return Worker(args.broker, args.hardware, worker_id, os.environ.get(ENV_WORKER_TOKEN, "")).run()
+
 
 if __name__ == "__main__":
-    raise SystemExit(main(["worker", *__import__("sys").argv[1:]]))
+    raise SystemExit(main())

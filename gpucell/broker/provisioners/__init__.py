@@ -6,7 +6,7 @@ import abc
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
-from gpucell.config import PoolConfig
+from gpucell.config import BrokerConfig, PoolConfig
 from gpucell.errors import ConfigError
 
 ENTRY_POINT_GROUP = "gpucell.provisioners"
@@ -26,6 +26,9 @@ class LaunchSpec:
 
 class Provisioner(abc.ABC):
     """Starts and stops worker processes; the worker registers itself over gRPC (pull model)."""
+
+    def configure(self, config: BrokerConfig) -> None:
+        """Broker-wide settings (e.g. the local provisioner's fork_server); called once at broker start."""
 
     @abc.abstractmethod
     async def launch(self, spec: LaunchSpec) -> None:

@@ -1,8 +1,9 @@
-"""The default provisioner: worker subprocesses on this machine."""
+"""The default provisioner: worker processes on this machine, forked from a warm template or started fresh."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -10,7 +11,10 @@ import sys
 from pathlib import Path
 
 from gpucell.broker.provisioners import LaunchSpec, Provisioner
-from gpucell.config import ENV_WORKER_TOKEN
+from gpucell.broker.provisioners.forkserver import ForkServer
+from gpucell.config import ENV_WORKER_TOKEN, BrokerConfig
+
+log = logging.getLogger("gpucell.broker.local")
 
 
 def worker_command(spec: LaunchSpec) -> list[str]:
@@ -18,43 +22,151 @@ def worker_command(spec: LaunchSpec) -> list[str]:
             "--hardware", spec.pool.label, "--worker-id", spec.worker_id, "--parent-pid", str(os.getpid())]
 
 
-def worker_env(spec: LaunchSpec) -> dict[str, str]:
+def base_env() -> dict[str, str]:
+    """What every local worker inherits from the broker, minus what it must never hold."""
     env = dict(os.environ)
     env.pop("GPUCELL_TOKEN", None)  # a worker holds the worker token only, never the client's
-    env.update(spec.env)
-    env[ENV_WORKER_TOKEN] = spec.worker_token  # in the environment, never on a command line
-    env["GPUCELL_HARDWARE"] = spec.pool.label
-    env["GPUCELL_WORKER_ID"] = spec.worker_id
+    env.pop(ENV_WORKER_TOKEN, None)  # the fork server template holds no token at all
     env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-class LocalProvisioner(Provisioner):
-    """Each worker is a child process of the broker; it dies with the broker (PR_SET_PDEATHSIG)."""
+def worker_env(spec: LaunchSpec) -> dict[str, str]:
+    env = base_env()
+    env.update(spec.env)
+    env[ENV_WORKER_TOKEN] = spec.worker_token  # in the environment, never on a command line
+    env["GPUCELL_HARDWARE"] = spec.pool.label
+    env["GPUCELL_WORKER_ID"] = spec.worker_id
+    return env
 
-    def __init__(self) -> None:
+
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    return default if raw is None else raw.strip().lower() in ("1", "true", "yes")
+
+
+class LocalProvisioner(Provisioner):
+    """Each worker dies with the broker: a subprocess through PR_SET_PDEATHSIG, a forked one through its template.
+
+    With `fork_server` on (the default; `GPUCELL_FORK_SERVER=0` or `[broker] fork_server = false` turns it
+    off), a template process per preload list is started on first use and forks each worker.
+    """
+
+    def __init__(self, fork_server: bool | None = None) -> None:
+        self.fork_server = _env_flag("GPUCELL_FORK_SERVER", True) if fork_server is None else fork_server
+        self.log_dir = ""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._servers: dict[tuple[str, ...], ForkServer] = {}
+        self._starting: dict[tuple[str, ...], asyncio.Task[ForkServer]] = {}
+        self._broken: dict[tuple[str, ...], str] = {}
+        self._forked: dict[str, ForkServer] = {}
+        self._launching: set[str] = set()     # poll() may come while launch() still waits for the template
+
+    def configure(self, config: BrokerConfig) -> None:
+        """Broker settings (called by the broker right after construction)."""
+        self.fork_server = config.fork_server
+
+    # ------------------------------------------------------------ launching
 
     async def launch(self, spec: LaunchSpec) -> None:
-        log = subprocess.DEVNULL
+        self._launching.add(spec.worker_id)
+        try:
+            await self._launch(spec)
+        finally:
+            self._launching.discard(spec.worker_id)
+
+    async def _launch(self, spec: LaunchSpec) -> None:
         if spec.log_dir:
             Path(spec.log_dir).mkdir(parents=True, exist_ok=True)
-            log = open(Path(spec.log_dir) / f"{spec.worker_id}.log", "ab")  # noqa: SIM115 - owned by the child
+            self.log_dir = self.log_dir or spec.log_dir
+        if self.fork_server:
+            key = tuple(spec.pool.preload)
+            server = await self._server(key, spec.log_dir)
+            if server is not None:
+                log_path = str(Path(spec.log_dir) / f"{spec.worker_id}.log") if spec.log_dir else ""
+                argv = {"broker": spec.broker_address, "hardware": spec.pool.label, "worker_id": spec.worker_id}
+                try:
+                    await server.fork(spec.worker_id, argv, worker_env(spec), log_path)
+                    self._forked[spec.worker_id] = server
+                    return
+                except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
+                    log.warning("fork server failed for %s (%s); starting a fresh process", spec.worker_id, exc)
+        self._popen(spec)
+
+    async def _server(self, key: tuple[str, ...], log_dir: str) -> ForkServer | None:
+        """The template for this preload list, started on first use; None if it cannot run here."""
+        server = self._servers.get(key)
+        if server is not None and server.dead is None:
+            return server
+        if key in self._broken:
+            return None
+        task = self._starting.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._start_server(key, log_dir))
+            self._starting[key] = task  # concurrent launches wait for the same template
         try:
-            # Popen from the event loop's (main) thread: PR_SET_PDEATHSIG in the child is tied to it.
+            return await asyncio.shield(task)
+        except Exception as exc:  # noqa: BLE001 - any failure: fall back to plain subprocesses, say why once
+            self._broken[key] = str(exc)
+            log.warning("fork server unavailable (%s); workers start as fresh processes", exc)
+            return None
+        finally:
+            if task.done():
+                self._starting.pop(key, None)
+
+    async def _start_server(self, key: tuple[str, ...], log_dir: str) -> ForkServer:
+        directory = log_dir or os.environ.get("TMPDIR", "/tmp")
+        name = "forkserver" + ("-" + "-".join(key) if key else "") + ".log"
+        server = ForkServer(key, str(Path(directory) / name), base_env())
+        await server.start()
+        old = self._servers.get(key)
+        if old is not None:
+            await old.close()
+        self._servers[key] = server
+        if server.missing:
+            log.info("fork server: not installed, imported on demand instead: %s", ", ".join(server.missing))
+        return server
+
+    def _popen(self, spec: LaunchSpec) -> None:
+        log_file = subprocess.DEVNULL
+        if spec.log_dir:
+            log_file = open(Path(spec.log_dir) / f"{spec.worker_id}.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            # Popen from the event loop's thread: PR_SET_PDEATHSIG in the child is tied to it.
             self._procs[spec.worker_id] = subprocess.Popen(
                 worker_command(spec), env=worker_env(spec), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, start_new_session=True)
+                stdout=log_file, stderr=log_file, start_new_session=True)
         finally:
-            if log is not subprocess.DEVNULL:
-                log.close()
+            if log_file is not subprocess.DEVNULL:
+                log_file.close()
+
+    # ------------------------------------------------------------ watching and stopping
 
     def pid(self, worker_id: str) -> int | None:
         proc = self._procs.get(worker_id)
-        return proc.pid if proc else None
+        if proc is not None:
+            return proc.pid
+        server = self._forked.get(worker_id)
+        worker = server.workers.get(worker_id) if server else None
+        return worker.pid if worker else None
+
+    def forked(self, worker_id: str) -> bool:
+        """Whether this worker came from the fork server (for tests and the bench)."""
+        return worker_id in self._forked
+
+    def template_pids(self) -> list[int]:
+        return [s.process.pid for s in self._servers.values() if s.process is not None]
 
     async def poll(self, worker_id: str) -> str | None:
+        if worker_id in self._launching:
+            return None
+        server = self._forked.get(worker_id)
+        if server is not None:
+            reason = server.poll(worker_id)
+            if reason is not None:
+                self._forked.pop(worker_id, None)
+            return reason
         proc = self._procs.get(worker_id)
         if proc is None:
             return "unknown worker"
@@ -67,6 +179,10 @@ class LocalProvisioner(Provisioner):
         return f"worker process exited with status {code}"
 
     async def terminate(self, worker_id: str, grace_s: float = 2.0) -> None:
+        server = self._forked.get(worker_id)
+        if server is not None:
+            server.terminate(worker_id, grace_s)
+            return
         proc = self._procs.get(worker_id)
         if proc is None or proc.poll() is not None:
             return
@@ -75,9 +191,12 @@ class LocalProvisioner(Provisioner):
         asyncio.get_running_loop().call_later(grace_s, _kill_if_alive, proc)
 
     async def close(self) -> None:
+        for task in self._starting.values():
+            task.cancel()
         for proc in list(self._procs.values()):
             if proc.poll() is None:
                 proc.terminate()
+        await asyncio.gather(*(server.close() for server in self._servers.values()))
         for proc in list(self._procs.values()):
             try:
                 proc.wait(timeout=3)
@@ -85,6 +204,8 @@ class LocalProvisioner(Provisioner):
                 proc.kill()
                 proc.wait(timeout=3)
         self._procs.clear()
+        self._servers.clear()
+        self._forked.clear()
 
 
 def _kill_if_alive(proc: subprocess.Popen[bytes]) -> None:

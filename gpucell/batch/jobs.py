@@ -1,0 +1,268 @@
+"""The broker's batch jobs: a `gpucell run` subprocess per job, journaled in SQLite so a restart still lists them."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from gpucell.config import ENV_BROKER, ENV_TOKEN
+
+JOURNAL = "journal.sqlite"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+CANCEL_GRACE_S = 10.0
+LOG_POLL_S = 0.2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, notebook TEXT, state TEXT, hardware TEXT, submitted REAL, started REAL,
+    finished REAL, cost REAL, error TEXT, dir TEXT, pid INTEGER, session_name TEXT)
+"""
+
+
+@dataclass
+class Job:
+    """One row of the journal."""
+
+    id: str
+    notebook: str
+    state: str
+    hardware: str
+    submitted: float
+    started: float
+    finished: float
+    cost: float
+    error: str
+    dir: str
+    pid: int
+    session_name: str
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.dir) / "output.log"
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.dir) / "output.ipynb"
+
+
+_COLUMNS = [f.name for f in fields(Job)]
+
+
+class Journal:
+    """Blocking SQLite access; JobManager calls it through a thread so the broker's loop never waits on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # Other parts of the broker may share the file: wait for their locks rather than fail.
+        return sqlite3.connect(self.path, timeout=30)
+
+    def put(self, job: Job) -> None:
+        with self._connect() as db:
+            db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                       [getattr(job, c) for c in _COLUMNS])
+
+    def all(self) -> list[Job]:
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY submitted").fetchall()
+        return [Job(*row) for row in rows]
+
+    def mark_interrupted(self, now: float) -> None:
+        """Jobs the previous broker was running died with it (their runner dies with its broker)."""
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET state = 'interrupted', finished = ?, "
+                       "error = 'the broker stopped while the job ran; gpucell fetch it and gpucell run --resume it' "
+                       "WHERE state NOT IN ('succeeded', 'failed', 'cancelled', 'interrupted')", (now,))
+
+
+@dataclass
+class JobRequest:
+    notebook_name: str
+    notebook: bytes
+    parameters: list[str]
+    hardware: str
+    timeout_s: float
+    workdir: str
+
+
+class JobManager:
+    """Starts, watches, cancels and lists jobs. Every call runs on the broker's event loop."""
+
+    def __init__(self, state_dir: str, broker_address: Callable[[], str], token: str,
+                 cost_of: Callable[[str], float]) -> None:
+        self.state_dir = Path(state_dir)
+        self.broker_address = broker_address
+        self.token = token
+        self.cost_of = cost_of
+        self.jobs: dict[str, Job] = {}
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.cancelling: set[str] = set()
+        self._journal: Journal | None = None
+        self._opening = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def journal(self) -> Journal:
+        async with self._opening:
+            if self._journal is None:
+                journal = await asyncio.to_thread(Journal, self.state_dir / JOURNAL)
+                await asyncio.to_thread(journal.mark_interrupted, time.time())
+                for job in await asyncio.to_thread(journal.all):
+                    self.jobs[job.id] = job
+                self._journal = journal
+            return self._journal
+
+    async def _save(self, job: Job) -> None:
+        await asyncio.to_thread((await self.journal()).put, Job(**asdict(job)))
+
+    def live_cost(self, job: Job) -> float:
+        return job.cost if job.state in TERMINAL else self.cost_of(job.session_name)
+
+    async def list(self) -> list[Job]:
+        await self.journal()
+        return sorted(self.jobs.values(), key=lambda j: j.submitted)
+
+    async def get(self, job_id: str) -> Job | None:
+        await self.journal()
+        return self.jobs.get(job_id)
+
+    async def submit(self, request: JobRequest) -> Job:
+        await self.journal()
+        job_id = f"job-{secrets.token_hex(4)}"
+        job_dir = self.state_dir / "jobs" / job_id
+        name = os.path.basename(request.notebook_name) or "notebook.ipynb"
+        input_path = job_dir / name
+        now = time.time()
+        job = Job(job_id, request.notebook_name or name, "running", request.hardware, now, now, 0.0, 0.0, "",
+                  str(job_dir), 0, f"job {job_id}: {name}")
+        await asyncio.to_thread(_write_input, input_path, request.notebook)
+        cmd = [sys.executable, "-m", "gpucell.cli", "run", str(input_path), "-o", str(job.output_path),
+               "--parent-pid", str(os.getpid())]
+        for pair in request.parameters:
+            cmd += ["-p", pair]
+        if request.hardware:
+            cmd += ["--gpu", request.hardware]
+        if request.timeout_s > 0:
+            cmd += ["--timeout", f"{request.timeout_s:g}"]
+        workdir = request.workdir if request.workdir and os.path.isdir(request.workdir) else str(job_dir)
+        cmd += ["--cwd", workdir]
+        env = {**os.environ, ENV_BROKER: self.broker_address(), ENV_TOKEN: self.token,
+               "JPY_SESSION_NAME": job.session_name, "PYTHONUNBUFFERED": "1"}
+        log = await asyncio.to_thread(open, job.log_path, "ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(*cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                                        stderr=subprocess.STDOUT, env=env, cwd=str(job_dir),
+                                                        start_new_session=True)
+        finally:
+            log.close()
+        job.pid = proc.pid
+        self.jobs[job_id] = job
+        self.procs[job_id] = proc
+        await self._save(job)
+        task = asyncio.get_running_loop().create_task(self._watch(job, proc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def _watch(self, job: Job, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        self.procs.pop(job.id, None)
+        meta = await asyncio.to_thread(_notebook_meta, job.output_path)
+        if job.id in self.cancelling:
+            job.state = "cancelled"
+        elif code == 0:
+            job.state = "succeeded"
+        else:
+            job.state = "failed"
+        failed = meta.get("failed_cell")
+        error = meta.get("error") or ("" if code == 0 else f"the runner exited with status {code}")
+        job.error = f"cell {failed}: {error}" if failed is not None and error else error
+        job.finished = time.time()
+        job.cost = self.cost_of(job.session_name)
+        await self._save(job)
+
+    async def cancel(self, job_id: str) -> bool:
+        proc = self.procs.get(job_id)
+        if proc is None or proc.returncode is not None:
+            return False
+        self.cancelling.add(job_id)
+        # The runner saves its notebook and shuts its kernel down on SIGTERM; SIGKILL if it does not.
+        proc.send_signal(signal.SIGTERM)
+        asyncio.get_running_loop().call_later(CANCEL_GRACE_S, self._kill_group, proc)
+        return True
+
+    @staticmethod
+    def _kill_group(proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def logs(self, job: Job, offset: int, follow: bool) -> AsyncIterator[str]:
+        """The job's output from byte `offset`; with follow, until the job has ended and all is read."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # chunks may split a character
+        while True:
+            ended = job.state in TERMINAL  # read before the file, so the last chunk is never missed
+            chunk = await asyncio.to_thread(_read_from, job.log_path, offset)
+            if chunk:
+                offset += len(chunk)
+                text = decoder.decode(chunk)
+                if text:
+                    yield text
+                continue
+            if ended or not follow:
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    yield tail
+                return
+            await asyncio.sleep(LOG_POLL_S)  # a poll interval on a growing file, not synchronisation
+
+    async def fetch(self, job: Job) -> bytes:
+        return await asyncio.to_thread(_read_all, job.output_path)
+
+    async def close(self) -> None:
+        for job_id in list(self.procs):
+            await self.cancel(job_id)
+
+
+def _write_input(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def _read_all(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _notebook_meta(path: Path) -> dict[str, object]:
+    try:
+        return dict(json.loads(path.read_text()).get("metadata", {}).get("gpucell", {}))
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,85 @@
+"""JobsClient: blocking calls to the broker's Jobs service, with gRPC errors translated like BrokerClient's."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from gpucell.client.broker_client import UNARY_TIMEOUT_S, translate
+from gpucell.config import ENV_BROKER, ENV_TOKEN
+from gpucell.errors import BrokerUnavailableError, ConfigError
+from gpucell.protocol import gpucell_pb2 as pb
+from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
+
+
+def job_to_json(job: pb.JobInfo) -> dict[str, Any]:
+    return {"id": job.id, "notebook": job.notebook, "state": job.state, "hardware": job.hardware,
+            "submitted": job.submitted, "started": job.started, "finished": job.finished,
+            "cost": round(job.cost, 6), "error": job.error}
+
+
+class JobsClient:
+    def __init__(self, address: str, token: str, connect_timeout: float = 5.0) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        self._stub = pb_grpc.JobsStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    @classmethod
+    def from_env(cls) -> JobsClient:
+        address = os.environ.get(ENV_BROKER, "")
+        if not address:
+            raise ConfigError(f"{ENV_BROKER} is not set: detached jobs run on a broker (start one with "
+                              f"`gpucell broker`)")
+        return cls(address, os.environ.get(ENV_TOKEN, ""))
+
+    def _ready(self) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=self.connect_timeout)
+        except grpc.FutureTimeoutError:
+            raise BrokerUnavailableError(f"cannot reach the gpucell broker at {self.address} ({ENV_BROKER}): "
+                                         f"nothing answered within {self.connect_timeout:g}s") from None
+
+    def _unary(self, method: Any, request: Any, timeout: float = UNARY_TIMEOUT_S) -> Any:
+        self._ready()
+        try:
+            return method(request, metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise translate(exc, self.address) from None
+
+    def submit(self, notebook_name: str, notebook: bytes, parameters: list[str], hardware: str = "",
+               timeout_s: float = 0.0, workdir: str = "") -> dict[str, Any]:
+        response = self._unary(self._stub.JobSubmit, pb.JobSubmitRequest(
+            notebook_name=notebook_name, notebook=notebook, parameters=parameters, hardware=hardware,
+            timeout_s=timeout_s, workdir=workdir), timeout=60.0)
+        return job_to_json(response.job)
+
+    def list(self) -> list[dict[str, Any]]:
+        return [job_to_json(j) for j in self._unary(self._stub.JobList, pb.JobListRequest()).jobs]
+
+    def logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
+        self._ready()
+        call = self._stub.JobLogs(pb.JobLogsRequest(job_id=job_id, follow=follow), metadata=self._metadata)
+        try:
+            for chunk in call:
+                yield chunk.text
+        except grpc.RpcError as exc:
+            raise translate(exc, self.address) from None
+        finally:
+            call.cancel()
+
+    def fetch(self, job_id: str) -> tuple[bytes, dict[str, Any]]:
+        response = self._unary(self._stub.JobFetch, pb.JobFetchRequest(job_id=job_id), timeout=120.0)
+        return response.notebook, job_to_json(response.job)
+
+    def cancel(self, job_id: str) -> tuple[bool, dict[str, Any]]:
+        response = self._unary(self._stub.JobCancel, pb.JobCancelRequest(job_id=job_id))
+        return response.cancelled, job_to_json(response.job)
+
+    def close(self) -> None:
+        self._channel.close()

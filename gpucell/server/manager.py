@@ -1,0 +1,121 @@
+"""What the sidebar's REST API does, over the shared broker client; plain blocking Python, no Tornado."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from gpucell.client import BrokerClient
+from gpucell.errors import BrokerUnavailableError, GpucellError
+
+
+class BrokerUnreachable(GpucellError):
+    """The broker did not answer; the REST layer turns this into 503."""
+
+
+class WorkerNotFound(GpucellError):
+    """No worker with that id is known to the broker (already released, or never existed)."""
+
+
+class BrokerCalls(Protocol):
+    """The part of gpucell.client.BrokerClient the manager uses."""
+
+    def catalog(self) -> dict[str, Any]: ...
+
+    def status(self, session_id: str | None = None) -> dict[str, Any]: ...
+
+    def release(self, session_id: str, hardware: str = "", worker_id: str = "") -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+class GpuCellManager:
+    """Catalog with live counts, status with cost per notebook, and releasing one worker by id."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        client_factory: Callable[[str, str], BrokerCalls] = BrokerClient,
+        notebook_root: str = "",
+    ) -> None:
+        self.address = address
+        self.notebook_root = notebook_root
+        self._client = client_factory(address, token)
+
+    def catalog(self) -> dict[str, Any]:
+        """The broker's catalog; each entry also says how many workers are warm and how many could start."""
+        catalog = self._call(self._client.catalog)
+        pools = self._call(self._client.status)["pools"]
+        entries = []
+        for entry in catalog["entries"]:
+            pool = pools.get(entry.get("served_by") or entry["label"], {})
+            workers = pool.get("workers", [])
+            idle = [w for w in workers if w["state"] == "idle"]
+            unassigned_idle = [w for w in idle if not w.get("session")]
+            live = [w for w in workers if w["state"] != "releasing"]
+            max_workers = int(pool.get("max_workers", entry.get("max_workers", 0)))
+            # A new session can take an idle worker nobody owns, or a slot under the cap.
+            available = max(0, max_workers - len(live)) + len(unassigned_idle)
+            entries.append({**entry, "warm": len(idle), "available": available})
+        return {**catalog, "entries": entries, "broker": self.address}
+
+    def status(self) -> dict[str, Any]:
+        """Every session's workers and queues, plus usage summed per notebook (sessions of one notebook add up)."""
+        status = self._call(self._client.status)
+        for pool in status["pools"].values():
+            for worker in pool.get("workers", []):
+                worker["session_name"] = self.notebook_name(worker.get("session_name", ""))
+        usage = status.get("usage", {})
+        for record in usage.get("sessions", []):
+            record["session_name"] = self.notebook_name(record.get("session_name", ""))
+        by_notebook: dict[str, dict[str, Any]] = {}
+        for record in usage.get("sessions", []):
+            name = record.get("session_name") or record.get("session", "")
+            row = by_notebook.setdefault(name, {"notebook": name, "worker_seconds": 0.0, "cost": 0.0})
+            row["worker_seconds"] += float(record.get("worker_seconds", 0.0))
+            row["cost"] += float(record.get("cost", 0.0))
+        usage = {
+            "sessions": usage.get("sessions", []),
+            "by_notebook": sorted(by_notebook.values(), key=lambda row: (-row["cost"], row["notebook"])),
+            "total_cost": float(usage.get("total_cost", sum(r["cost"] for r in by_notebook.values()))),
+        }
+        return {**status, "usage": usage, "broker": self.address}
+
+    def release(self, worker_id: str) -> dict[str, Any]:
+        """Release one worker now, on behalf of the session that holds it."""
+        session = self._session_of(worker_id)
+        released = self._call(lambda: self._client.release(session, worker_id=worker_id))
+        return {"released": list(released)}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def notebook_name(self, session_name: str) -> str:
+        """A notebook path as JupyterLab shows it: relative to the server's root when it lies inside it.
+
+        Jupyter server hands kernels the absolute path in JPY_SESSION_NAME; the sidebar lists the path
+        the user sees in the file browser.
+        """
+        if not self.notebook_root or not os.path.isabs(session_name):
+            return session_name
+        root = os.path.abspath(self.notebook_root)
+        path = os.path.abspath(session_name)
+        if os.path.commonpath([root, path]) != root:
+            return session_name
+        return Path(os.path.relpath(path, root)).as_posix()
+
+    def _session_of(self, worker_id: str) -> str:
+        for pool in self._call(self._client.status)["pools"].values():
+            for worker in pool.get("workers", []):
+                if worker["id"] == worker_id:
+                    return str(worker.get("session", ""))
+        raise WorkerNotFound(f"no worker {worker_id!r} at broker {self.address}")
+
+    def _call(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except BrokerUnavailableError as exc:
+            raise BrokerUnreachable(f"broker unreachable at {self.address}: {exc}") from exc

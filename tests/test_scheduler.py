@@ -1,0 +1,411 @@
+"""Property tests of the pure scheduler: random event sequences, checked against the instructions it emits."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpucell.broker import scheduler as sch
+
+SESSIONS = ("s1", "s2", "s3")
+POOL_NAMES = ("T4", "A100")
+IDLE_CHOICES = (None, 0.5, 4.0)
+
+
+@dataclass
+class CellModel:
+    session: str
+    pool: str
+    order: int
+    idle: float | None
+    state: str = "queued"          # queued -> running -> finished, or failed
+    worker: str = ""
+    reason: str = ""
+
+
+@dataclass
+class WorkerModel:
+    pool: str
+    state: str = "starting"        # starting -> ready -> terminated -> gone
+    session: str | None = None
+    assigned_at: float | None = None
+    cell: str = ""
+    idle_since: float | None = None
+    idle_timeout: float = 0.0
+    usage_records: int = 0
+
+
+@dataclass
+class Harness:
+    """Drives a Scheduler with events and checks every instruction it emits against a model of the world."""
+
+    pools: dict[str, sch.PoolLimits]
+    sched: sch.Scheduler = field(init=False)
+    now: float = 100.0
+    cells: dict[str, CellModel] = field(default_factory=dict)
+    workers: dict[str, WorkerModel] = field(default_factory=dict)
+    usage: dict[tuple[str, str], float] = field(default_factory=dict)
+    next_cell: int = 0
+    closed: set[str] = field(default_factory=set)
+    dispatch_log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sched = sch.Scheduler(dict(self.pools))
+
+    # ------------------------------------------------------------ delivering events
+
+    def handle(self, event: sch.Event) -> list[sch.Instruction]:
+        before = self._capacity_waiting()
+        out = self.sched.handle(event)
+        failed = set()
+        for ins in out:
+            self._check(ins, event)
+            if isinstance(ins, sch.FailCell):
+                failed.add(ins.cell_id)
+        self._check_state(before, failed)
+        if isinstance(event, sch.Tick):
+            self._check_idle_release(event.now)
+        return out
+
+    def _check(self, ins: sch.Instruction, event: sch.Event) -> None:
+        now = event.now
+        if isinstance(ins, sch.Launch):
+            assert ins.worker_id not in self.workers, f"worker id {ins.worker_id} reused"
+            assert ins.pool in self.pools
+            self.workers[ins.worker_id] = WorkerModel(ins.pool, idle_timeout=self.pools[ins.pool].idle_timeout)
+        elif isinstance(ins, sch.Assigned):
+            worker = self.workers[ins.worker_id]
+            assert worker.session is None, f"{ins.worker_id} serves {worker.session} and then {ins.session}"
+            assert worker.state in ("starting", "ready"), f"{ins.worker_id} assigned while {worker.state}"
+            assert ins.pool == worker.pool
+            worker.session = ins.session
+            worker.assigned_at = ins.now
+            assert ins.now == now
+        elif isinstance(ins, sch.Dispatch):
+            cell = self.cells[ins.cell_id]
+            worker = self.workers[ins.worker_id]
+            assert cell.state == "queued", f"cell {ins.cell_id} dispatched while {cell.state}"
+            assert worker.state == "ready", f"dispatch to {ins.worker_id} while {worker.state}"
+            assert not worker.cell, f"{ins.worker_id} got {ins.cell_id} while running {worker.cell}"
+            assert worker.session == cell.session, "a worker runs only its own session's cells"
+            assert worker.pool == cell.pool
+            cell.state, cell.worker = "running", ins.worker_id
+            self.dispatch_log.append(ins.cell_id)
+            worker.cell = ins.cell_id
+            worker.idle_since = None
+            if cell.idle:
+                worker.idle_timeout = cell.idle
+        elif isinstance(ins, sch.Terminate):
+            worker = self.workers.get(ins.worker_id)
+            assert ins.reason
+            if worker is None or ins.worker_id not in self.sched.workers:
+                if worker is not None:
+                    worker.state = "gone"  # a hand-started worker the scheduler refused; it shuts down
+                return
+            assert worker.state in ("starting", "ready"), f"{ins.worker_id} terminated twice"
+            worker.state = "terminated"
+            if worker.assigned_at is not None:
+                assert worker.usage_records == 1, f"{ins.worker_id} released without a usage record"
+        elif isinstance(ins, sch.FailCell):
+            cell = self.cells.get(ins.cell_id)
+            assert ins.reason and ins.kind in ("worker_lost", "cancelled", "rejected")
+            if cell is None:
+                return  # rejected at submission (unknown pool)
+            assert cell.state in ("queued", "running"), f"{ins.cell_id} failed while {cell.state}"
+            if cell.state == "running":
+                self.workers[cell.worker].cell = ""
+            cell.state, cell.reason = "failed", ins.reason
+        elif isinstance(ins, sch.QueuePosition):
+            cell = self.cells[ins.cell_id]
+            assert cell.state == "queued" and ins.position >= 1 and ins.pool == cell.pool
+        elif isinstance(ins, sch.UsageRecorded):
+            worker = self.workers[ins.worker_id]
+            assert worker.session == ins.session and worker.pool == ins.pool
+            assert worker.assigned_at == ins.start and ins.end == now and ins.start <= ins.end
+            worker.usage_records += 1
+            assert worker.usage_records == 1, f"{ins.worker_id} metered twice"
+            key = (ins.session, ins.pool)
+            self.usage[key] = self.usage.get(key, 0.0) + (ins.end - ins.start)
+
+    def _capacity_waiting(self) -> dict[str, list[str]]:
+        return {pool: [c.cell_id for c in queue if c.position > 0] for pool, queue in self.sched.queues.items()}
+
+    def _check_state(self, before: dict[str, list[str]], failed: set[str]) -> None:
+        for pool, limits in self.pools.items():
+            alive = [w for w in self.workers.values() if w.pool == pool and w.state != "gone"]
+            assert len(alive) <= limits.max_workers, f"{pool}: {len(alive)} processes > {limits.max_workers}"
+            assert self.sched._pool_size(pool) <= limits.max_workers
+            # FIFO: positions of the cells waiting for capacity are 1..k in submission order.
+            queue = list(self.sched.queues[pool])
+            orders = [self.cells[c.cell_id].order for c in queue]
+            assert orders == sorted(orders), "the queue is in submission order"
+            waiting = [c for c in queue if c.position > 0]
+            assert [c.position for c in waiting] == list(range(1, len(waiting) + 1))
+            # No overtaking: the sessions that got capacity in this step are the head of the waiting line
+            # (a session's later cells leave the line with its first: they wait for its worker instead).
+            now_waiting = {c.cell_id for c in waiting}
+            line = [c for c in before.get(pool, []) if c not in failed]
+            firsts = [c for i, c in enumerate(line)
+                      if self.cells[c].session not in {self.cells[d].session for d in line[:i]}]
+            served = [c for c in firsts if c not in now_waiting]
+            assert served == firsts[:len(served)], f"{pool}: {served} overtook {firsts}"
+            # Work conserving: nobody waits for capacity while an unassigned worker or a free slot exists.
+            if waiting:
+                assert self.sched._pool_size(pool) >= limits.max_workers
+                assert not any(w.session is None and w.pool == pool and w.state is not sch.WorkerState.RELEASING
+                               for w in self.sched.workers.values())
+        # Usage: what the scheduler reports is the sum of the intervals it announced.
+        snapshot = self.sched.usage_snapshot(self.now)
+        expected = dict(self.usage)
+        for w in self.workers.values():
+            if w.assigned_at is not None and w.usage_records == 0 and w.state in ("starting", "ready"):
+                key = (w.session or "", w.pool)
+                expected[key] = expected.get(key, 0.0) + (self.now - w.assigned_at)
+        assert snapshot.keys() == expected.keys()
+        for key, seconds in expected.items():
+            assert snapshot[key] == pytest.approx(seconds, abs=1e-6)
+
+    def _check_idle_release(self, now: float) -> None:
+        for worker_id, w in self.workers.items():
+            if w.session is not None and w.state == "ready" and not w.cell and w.idle_since is not None:
+                assert now - w.idle_since < w.idle_timeout, (
+                    f"{worker_id} idle {now - w.idle_since:g}s past its {w.idle_timeout:g}s timeout")
+        for w in self.sched.workers.values():
+            if w.session is not None and w.state is sch.WorkerState.IDLE:
+                assert now - w.last_active < w.idle_timeout
+
+    # ------------------------------------------------------------ actions
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+    def submit(self, session: str, pool: str, fresh: bool, idle: float | None) -> None:
+        if session in self.closed:
+            return
+        self.next_cell += 1
+        cell_id = f"c{self.next_cell}"
+        self.cells[cell_id] = CellModel(session, pool, self.next_cell, idle)
+        self.handle(sch.CellSubmitted(cell_id, session, pool, self.now, fresh=fresh, idle_timeout=idle))
+
+    def finish(self, cell_id: str) -> None:
+        cell = self.cells[cell_id]
+        if cell.state != "running":
+            return
+        worker = self.workers[cell.worker]
+        cell.state = "finished"
+        worker.cell = ""
+        worker.idle_since = self.now
+        self.handle(sch.CellFinished(cell_id, self.now))
+
+    def ready(self, worker_id: str) -> None:
+        worker = self.workers[worker_id]
+        if worker.state == "starting":
+            worker.state = "ready"
+            worker.idle_since = self.now
+            self.handle(sch.WorkerReady(worker_id, self.now))
+
+    def gone(self, worker_id: str, reason: str = "worker lost") -> None:
+        worker = self.workers[worker_id]
+        if worker.state == "gone":
+            return
+        running = self.cells.get(worker.cell)
+        worker.state = "gone"  # the process is gone before the broker hears of it
+        self.handle(sch.WorkerGone(worker_id, self.now, reason))
+        if running is not None:
+            assert running.state == "failed", f"{worker.cell} vanished with {worker_id}"  # a crash fails its cell
+        if worker.assigned_at is not None:
+            assert worker.usage_records == 1
+
+    def join(self, pool: str, n: int) -> None:
+        worker_id = f"{pool.lower()}-{n}"  # the names the scheduler itself would pick: ids must not clash
+        if worker_id in self.workers:
+            return
+        self.workers[worker_id] = WorkerModel(pool, state="ready", idle_since=self.now,
+                                              idle_timeout=self.pools[pool].idle_timeout)
+        self.handle(sch.WorkerJoined(worker_id, pool, self.now))
+
+    def quiesce(self) -> None:
+        """Deliver what the world would: workers come up or go, cells finish, time passes."""
+        longest = max([p.idle_timeout for p in self.pools.values()] + [c.idle or 0 for c in self.cells.values()])
+        for _ in range(20 * (len(self.cells) + 5)):
+            for worker_id, w in list(self.workers.items()):
+                if w.state == "starting":
+                    self.ready(worker_id)
+                elif w.state == "terminated":
+                    self.gone(worker_id, "released")
+            for cell_id, c in list(self.cells.items()):
+                if c.state == "running":
+                    self.finish(cell_id)
+            pending = [c for c in self.cells.values() if c.state in ("queued", "running")]
+            busy = [w for w in self.workers.values() if w.state in ("starting", "terminated")]
+            if not pending and not busy:
+                return
+            if not busy and not any(c.state == "running" for c in pending):
+                # Only idle time can free capacity now: let the session workers time out.
+                self.advance(longest + 0.01)
+                self.handle(sch.Tick(self.now))
+        raise AssertionError(f"no quiescence: {[(k, c) for k, c in self.cells.items() if c.state == 'queued']}")
+
+
+# ---------------------------------------------------------------- strategies
+
+pool_limits = st.integers(1, 3).flatmap(lambda mx: st.builds(
+    sch.PoolLimits, min_warm=st.integers(0, mx), max_workers=st.just(mx),
+    idle_timeout=st.sampled_from([1.0, 2.0, 5.0])))
+
+actions = st.one_of(
+    st.tuples(st.just("submit"), st.sampled_from(SESSIONS), st.integers(0, 1), st.booleans(),
+              st.sampled_from(IDLE_CHOICES)),
+    st.tuples(st.just("finish"), st.integers(0, 50)),
+    st.tuples(st.just("ready"), st.integers(0, 50)),
+    st.tuples(st.just("gone"), st.integers(0, 50)),
+    st.tuples(st.just("crash"), st.integers(0, 50)),
+    st.tuples(st.just("withdraw"), st.integers(0, 50)),
+    st.tuples(st.just("release"), st.sampled_from(SESSIONS), st.integers(-1, 1)),
+    st.tuples(st.just("close"), st.sampled_from(SESSIONS)),
+    st.tuples(st.just("join"), st.integers(0, 1), st.integers(1, 8)),
+    st.tuples(st.just("tick"), st.sampled_from([0.0, 0.2, 0.6, 1.1, 2.5, 6.0])),
+)
+
+
+def run_actions(pools: dict[str, sch.PoolLimits], steps: list[tuple]) -> Harness:  # type: ignore[type-arg]
+    h = Harness(pools)
+    names = list(pools)
+    h.handle(sch.Tick(h.now))
+    for step in steps:
+        kind = step[0]
+        h.advance(0.05)
+        if kind == "submit":
+            h.submit(step[1], names[step[2] % len(names)], step[3], step[4])
+        elif kind in ("finish", "withdraw"):
+            live = sorted((c for c in h.cells if h.cells[c].state in ("queued", "running")), key=lambda c: h.cells[c].order)
+            if live:
+                cell_id = live[step[1] % len(live)]
+                if kind == "finish":
+                    h.finish(cell_id)
+                else:
+                    was = h.cells[cell_id].state
+                    h.handle(sch.CellWithdrawn(cell_id, h.now))
+                    # A queued cell fails as cancelled; a running one is the worker's to stop (via cancel).
+                    assert h.cells[cell_id].state == ("failed" if was == "queued" else "running")
+        elif kind in ("ready", "gone", "crash"):
+            wanted = {"ready": ("starting",), "gone": ("terminated",), "crash": ("starting", "ready")}[kind]
+            candidates = sorted(w for w, m in h.workers.items() if m.state in wanted)
+            if candidates:
+                worker_id = candidates[step[1] % len(candidates)]
+                if kind == "ready":
+                    h.ready(worker_id)
+                else:
+                    h.gone(worker_id, "released" if kind == "gone" else "worker crashed")
+        elif kind == "release":
+            pool = None if step[2] < 0 else names[step[2] % len(names)]
+            h.handle(sch.ReleaseRequested(step[1], h.now, pool=pool))
+        elif kind == "close":
+            h.closed.add(step[1])
+            h.handle(sch.SessionClosed(step[1], h.now))
+        elif kind == "join":
+            h.join(names[step[1] % len(names)], step[2])
+        elif kind == "tick":
+            h.advance(step[1])
+            h.handle(sch.Tick(h.now))
+    return h
+
+
+# A few seconds by default; GPUCELL_PROPERTY_EXAMPLES=5000 for a deeper hunt.
+PROPERTY_SETTINGS = settings(max_examples=int(os.environ.get("GPUCELL_PROPERTY_EXAMPLES", "150")), deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY_SETTINGS
+@given(st.lists(pool_limits, min_size=1, max_size=2), st.lists(actions, max_size=60))
+def test_random_sequences_keep_every_invariant_and_drain(limits: list[sch.PoolLimits], steps: list[tuple]) -> None:  # type: ignore[type-arg]
+    pools = dict(zip(POOL_NAMES, limits))
+    h = run_actions(pools, steps)
+    h.quiesce()
+    for cell_id, cell in h.cells.items():
+        assert cell.state in ("finished", "failed"), f"{cell_id} neither ran nor failed: {cell}"
+        if cell.state == "failed":
+            assert cell.reason
+    # Closing every session ends every interval: the meter stops and adds up.
+    for session in SESSIONS:
+        h.handle(sch.SessionClosed(session, h.now))
+    assert all(w.session is None or w.state in ("terminated", "gone") for w in h.workers.values())
+    assert h.sched.usage_snapshot(h.now + 100) == pytest.approx(h.usage)
+    # Idle reserves above min_warm go too; the pools settle at min_warm unassigned workers.
+    h.quiesce()
+    h.advance(max(p.idle_timeout for p in pools.values()) + 0.01)
+    h.handle(sch.Tick(h.now))
+    h.quiesce()
+    for pool, lim in pools.items():
+        spare = [w for w in h.sched.workers.values() if w.pool == pool]
+        assert len(spare) == lim.min_warm and all(w.session is None for w in spare)
+
+
+@PROPERTY_SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(SESSIONS), st.sampled_from([0.0, 0.3, 1.5])), min_size=1, max_size=12),
+       st.integers(1, 2))
+def test_waiting_sessions_are_served_in_submission_order(subs: list[tuple[str, float]], max_workers: int) -> None:
+    h = Harness({"T4": sch.PoolLimits(min_warm=0, max_workers=max_workers, idle_timeout=1.0)})
+    for session, dt in subs:
+        h.advance(dt)
+        h.submit(session, "T4", False, None)
+        h.handle(sch.Tick(h.now))
+    h.quiesce()
+    assert all(c.state == "finished" for c in h.cells.values())
+    # Sessions get their first worker in the order they first asked; nobody waits forever.
+    asked = list(dict.fromkeys(h.cells[c].session for c in sorted(h.cells, key=lambda c: h.cells[c].order)))
+    served = list(dict.fromkeys(h.cells[c].session for c in h.dispatch_log))
+    assert served == asked
+
+
+def test_idle_session_worker_is_released_by_the_next_tick_and_pool_goes_to_zero() -> None:
+    h = Harness({"T4": sch.PoolLimits(min_warm=0, max_workers=2, idle_timeout=2.0)})
+    h.submit("s1", "T4", False, 0.5)
+    (worker_id,) = h.workers
+    h.ready(worker_id)
+    h.finish("c1")
+    h.advance(0.49)
+    assert not [i for i in h.handle(sch.Tick(h.now)) if isinstance(i, sch.Terminate)]
+    h.advance(0.02)
+    out = h.handle(sch.Tick(h.now))
+    assert [i.worker_id for i in out if isinstance(i, sch.Terminate)] == [worker_id]
+    h.gone(worker_id)
+    assert h.sched.workers == {}
+    assert h.usage[("s1", "T4")] == pytest.approx(h.now - 100.0)
+
+
+def test_min_warm_reserve_is_taken_and_refilled() -> None:
+    h = Harness({"T4": sch.PoolLimits(min_warm=1, max_workers=3, idle_timeout=5.0)})
+    h.handle(sch.Tick(h.now))
+    (reserve,) = h.workers
+    h.ready(reserve)
+    h.submit("s1", "T4", False, None)
+    assert h.cells["c1"].state == "running" and h.cells["c1"].worker == reserve
+    fresh = [w for w, m in h.workers.items() if m.state == "starting"]
+    assert len(fresh) == 1 and h.workers[fresh[0]].session is None
+
+
+def test_a_worker_named_like_a_future_launch_does_not_collide() -> None:
+    h = Harness({"T4": sch.PoolLimits(min_warm=0, max_workers=3, idle_timeout=5.0)})
+    h.join("T4", 1)
+    h.join("T4", 2)
+    h.submit("s1", "T4", False, None)   # takes t4-1
+    h.submit("s2", "T4", False, None)   # takes t4-2
+    h.submit("s3", "T4", False, None)   # launches: must not be called t4-1
+    launched = [w for w, m in h.workers.items() if m.state == "starting"]
+    assert len(launched) == 1 and launched[0] not in ("t4-1", "t4-2")
+    assert len(h.sched.workers) == 3
+
+
+def test_a_hand_started_worker_past_max_workers_is_refused() -> None:
+    h = Harness({"T4": sch.PoolLimits(min_warm=0, max_workers=1, idle_timeout=5.0)})
+    h.join("T4", 7)
+    out = h.handle(sch.WorkerJoined("t4-8", "T4", h.now))
+    assert any(isinstance(i, sch.Terminate) and i.worker_id == "t4-8" for i in out)
+    assert list(h.sched.workers) == ["t4-7"]
+    out = h.handle(sch.WorkerJoined("x-1", "H200", h.now))
+    assert [i.reason for i in out if isinstance(i, sch.Terminate)] == ["no pool serves 'H200'"]
