@@ -25,7 +25,7 @@ if BENCH_DIR not in sys.path:
 
 from agent import HARNESS_BROKEN, SAMPLE_PREFIX  # noqa: E402
 from baselines import BASELINE_METRICS  # noqa: E402
-from harness import MAIN_METRICS, METRIC_NAMES, PROFILES, Profile, Result, Sample, aggregate  # noqa: E402
+from harness import MAIN_METRICS, METRIC_NAMES, PROFILES, Profile, Result, Sample, aggregate, terminate_on_sigterm  # noqa: E402
 from report import print_table, write_markdown  # noqa: E402
 
 PEERS = ["dask", "ray", "ipyparallel"]
@@ -49,6 +49,10 @@ def run_agent(system: str, profile: Profile, metrics: list[str], log_dir: str, r
         except subprocess.TimeoutExpired:
             why = f"timed out after {profile.agent_timeout_s:g} s"
             stdout = _stop_group(proc)
+        except BaseException:  # Ctrl-C or SIGTERM of run.py: take the agent's cluster down too
+            _stop_group(proc)
+            _kill_group_leftovers(proc.pid)
+            raise
     leftovers = _kill_group_leftovers(proc.pid)
     if leftovers:  # a system that does not clean up after itself is worth knowing about
         sys.stderr.write(f"[bench] {system} left processes behind (killed): {', '.join(leftovers)}\n")
@@ -86,10 +90,10 @@ def _stop_group(proc: subprocess.Popen[str]) -> str:
 def _kill_group_leftovers(pgid: int) -> list[str]:
     """Kills what a system left running in the agent's process group; returns what it found."""
     left: list[str] = []
-    for p in psutil.process_iter(["pid", "name"]):
+    for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             if os.getpgid(p.pid) == pgid:
-                left.append(f"{p.info['name']}[{p.pid}]")
+                left.append(f"{' '.join(p.info['cmdline'] or [])[:100]}[{p.pid}]")
         except (ProcessLookupError, psutil.Error):
             continue
     if left:
@@ -141,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if base_metrics:
         plan.append(("baseline", base_metrics))
 
+    terminate_on_sigterm()
     started = time.time()
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory(prefix="gpucell-bench-logs-") as log_dir:

@@ -88,7 +88,8 @@ class System:
         yield from method()
 
     def sample(self, metric: str, values: list[float], variant: str = "", note: str = "") -> Sample:
-        return Sample(self.name, metric, variant, values, note or self.p.scaled_note(metric))
+        notes = [n for n in (note, self.p.scaled_note(metric)) if n]
+        return Sample(self.name, metric, variant, values, "; ".join(notes))
 
     def unsupported(self, metric: str, why: str, variant: str = "") -> Sample:
         return Sample(self.name, metric, variant, [], "", why)

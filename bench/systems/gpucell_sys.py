@@ -94,6 +94,13 @@ class GpucellSystem(System):
         results = gpucell.map(self.ns["bench_item"], range(n), gpu=HW, workers=2)
         return len(list(results))
 
+    def m_map_tasks_per_s(self) -> Iterator[Sample]:
+        # Fan-out workers are fresh: while this session holds its warm cell worker, a 2-worker map
+        # in a 2-worker pool gets one slot, and waits for the other until that worker idles out.
+        self.ensure_started()
+        self.shell.run_line_magic("gpu_release", HW)  # type: ignore[union-attr]
+        yield from super().m_map_tasks_per_s()
+
     def _define(self, source: str) -> None:
         """Defines a function in the notebook namespace, so it travels by value as a user's would."""
         assert self.shell is not None
@@ -154,6 +161,32 @@ class GpucellSystem(System):
             self._release_and_wait()
             out.append(self._first_output_ms("print(1)"))
         yield self.sample("cold_start_ms", out, note="broker up, pool at zero: %%gpu cpu print(1) to first output")
+        if self.p.name == "smoke":  # seconds per sample without the fork server: too slow for the smoke run
+            return
+        # the same without the fork server: a broker started with GPUCELL_FORK_SERVER=0
+        self._reload_extension({"GPUCELL_FORK_SERVER": "0"})
+        try:
+            out = []
+            for _ in range(self.p.cold_n):
+                self._release_and_wait()
+                out.append(self._first_output_ms("print(1)"))
+            yield self.sample("cold_start_ms", out, "no_forkserver",
+                              note="as above, broker started with GPUCELL_FORK_SERVER=0")
+        finally:
+            self._reload_extension({"GPUCELL_FORK_SERVER": None})
+
+    def _reload_extension(self, env: dict[str, str | None]) -> None:
+        """%unload_ext, change the environment, %load_ext: a fresh embedded broker, as a user would get."""
+        assert self.shell is not None
+        self.shell.run_line_magic("unload_ext", "gpucell")
+        self.loaded = False
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self.shell.run_line_magic("load_ext", "gpucell")
+        self.loaded = True
 
     def _release_and_wait(self) -> None:
         assert self.shell is not None
@@ -187,31 +220,49 @@ class GpucellSystem(System):
                           note=f"--idle {idle:g}: time from cell end to the worker's release, minus {idle:g} s")
 
     def m_broker_rss_mb(self) -> Iterator[Sample]:
-        from gpucell.broker.embedded import start_embedded_broker
+        """RSS of a broker after many sessions each ran a cell and went idle (their worker released)."""
+        from gpucell.broker.embedded import start_embedded_broker  # only this metric needs them
         from gpucell.client import BrokerClient
+        from gpucell.client.session import CellOptions, Session
 
-        mine = {p.pid for p in psutil.Process().children(recursive=True)}
-        broker = start_embedded_broker(self.config_path)
-        clients: list[Any] = []
+        config_path = os.path.join(self.tmp, "rss.toml")
+        with open(config_path, "w") as f:  # warm workers ready, so that a session costs no cold start
+            f.write(CONFIG.replace("min_warm = 0", "min_warm = 2").replace("max_workers = 2", "max_workers = 4"))
+        broker = start_embedded_broker(config_path)
+        client = BrokerClient(broker.address, broker.token)
         try:
-            procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in mine]
-            pid = getattr(broker, "pid", None) or (procs[0].pid if procs else None)
-            if pid is None:
-                raise Unsupported("cannot find the broker's process")
-            proc = psutil.Process(pid)
-            probe = BrokerClient(broker.address, broker.token)
-            probe.catalog()
-            clients.append(probe)
+            proc = psutil.Process(broker.pid)
+            Session(client).known_labels()
             before = proc.memory_info().rss / 1e6
-            for i in range(self.p.sessions_n):
-                client = BrokerClient(broker.address, broker.token)
-                client.status(session_id=f"bench-idle-{i}")
-                clients.append(client)
+            cap_s = {"smoke": 5.0, "quick": 30.0}.get(self.p.name, 120.0)
+            deadline = time.monotonic() + cap_s
+            sink = _NullSink()
+            count = 0
+            while count < self.p.sessions_n and time.monotonic() < deadline:
+                session = Session(client, session_name=f"bench-idle-{count}")
+                session.run_cell("pass", {}, CellOptions(hardware=HW), sink)
+                session.release()  # the session stays known to the broker, idle, with no worker
+                count += 1
             after = proc.memory_info().rss / 1e6
         finally:
-            for client in clients:
-                client.close()
+            client.close()
             broker.stop()
-        yield self.sample("broker_rss_mb", [after],
-                          note=f"{self.p.sessions_n} clients each with its own session id, idle; "
-                               f"{before:.0f} MB before them")
+        per_session_kb = (after - before) * 1000 / max(count, 1)
+        note = f"{count} sessions each ran `pass` then released its worker; {before:.0f} MB before them"
+        if count < self.p.sessions_n:
+            note += (f"; stopped at the {cap_s:g} s cap, not {self.p.sessions_n}: {per_session_kb:.1f} kB/session "
+                     f"→ ~{before + per_session_kb * self.p.sessions_n / 1000:.0f} MB at {self.p.sessions_n} (extrapolated)")
+        yield self.sample("broker_rss_mb", [after], note=note)
+
+
+class _NullSink:
+    """Output of load-generating sessions goes nowhere."""
+
+    def stream(self, name: str, text: str) -> None:
+        pass
+
+    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
+        pass
+
+    def phase(self, text: str) -> None:
+        pass

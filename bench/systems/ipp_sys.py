@@ -8,7 +8,7 @@ from typing import Any
 import ipyparallel as ipp
 import numpy as np
 
-from harness import OutputRecorder
+from harness import STAMP, OutputRecorder, wait_for
 from systems import tasks
 from systems.base import System
 
@@ -62,7 +62,8 @@ class IppSystem(System):
         return self.engine.apply_sync(tasks.make_array, n)
 
     def stream_once(self, recorder: OutputRecorder) -> None:
+        # the client's IO thread appends the engine's stdout to ar.stdout as it arrives
         ar = self.engine.apply_async(tasks.stamp_print)
-        with ar.stream_output():
-            ar.get()
-
+        wait_for(lambda: STAMP in (ar.stdout or ""), 10.0, "the engine's print", poll=0.0005)
+        recorder.write(ar.stdout)
+        ar.get()
