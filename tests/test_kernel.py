@@ -35,6 +35,11 @@ def test_notebook_runs(path: Path, kernel_env: None) -> None:
         assert "trained: loss=" in text and "weights came back: (8,)" in text and "step 2" in text
         assert "caught: IndexError" in text
         assert any("image/png" in o.get("data", {}) for o in outputs if o.output_type == "display_data")
+        # Each %%gpu cell shows one phase line, updated in place until it says how it ended.
+        phases = [o["data"]["text/plain"] for o in outputs if o.output_type == "display_data"
+                  and o.get("data", {}).get("text/plain", "").startswith("gpucell:")]
+        assert phases and all(p.startswith(("gpucell: done in", "gpucell: failed in")) for p in phases)
+        assert any(" on cpu worker " in p and "$" in p for p in phases)
 
 
 def _pids(km: KernelManager) -> tuple[int, list[int]]:

@@ -134,7 +134,7 @@ def test_gpu_release_releases_now(psh: InteractiveShell, pools: Cluster, capsys:
     capsys.readouterr()
     psh.run_line_magic("gpu_release", "T4")
     assert f"released {mine['id']}" in capsys.readouterr().out
-    assert not workers_of(pools.status(), "T4")
+    wait_for(lambda: not workers_of(pools.status(), "T4"), timeout=10, what="the released worker to be gone")
     wait_for(lambda: not pid_alive(psh.user_ns["pid"]), timeout=10, what="the released worker to exit")
     gpu(psh, "T4", "import os\npid2 = os.getpid()\ny = x + 1\n")  # x travels again from here
     assert psh.user_ns["pid2"] != psh.user_ns["pid"] and psh.user_ns["y"] == 6

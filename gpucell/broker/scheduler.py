@@ -174,7 +174,16 @@ class UsageRecorded:
     end: float
 
 
-Instruction = Union[Launch, Dispatch, Terminate, FailCell, QueuePosition, Assigned, UsageRecorded]
+@dataclass(frozen=True)
+class WorkerStarting:
+    """A cell now waits for a worker that is starting for it (the user sees "starting a T4 worker")."""
+
+    cell_id: str
+    worker_id: str
+    pool: str
+
+
+Instruction = Union[Launch, Dispatch, Terminate, FailCell, QueuePosition, Assigned, UsageRecorded, WorkerStarting]
 
 
 @dataclass
@@ -351,11 +360,13 @@ class Scheduler:
                     self._dispatch(cell, reserve, now, out)
                 else:
                     self.cold_cells.add(cell.cell_id)
+                    out.append(WorkerStarting(cell.cell_id, reserve.id, pool))
                 continue
             if self._pool_size(pool) < limits.max_workers:
                 cell.position = 0
-                self._launch(pool, cell.session, now, out)
+                started = self._launch(pool, cell.session, now, out)
                 self.cold_cells.add(cell.cell_id)
+                out.append(WorkerStarting(cell.cell_id, started.id, pool))
                 continue
             position += 1
             if cell.position != position:

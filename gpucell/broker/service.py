@@ -416,6 +416,12 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 if run is not None and not run.done:
                     kind = "timeout" if run.timed_out else ins.kind
                     self._fail(run, ins.reason, kind)
+            elif isinstance(ins, sch.WorkerStarting):
+                run = self.cells.get(ins.cell_id)
+                if run is not None:
+                    # Position 0: out of the queue, waiting for a worker that is starting for this cell.
+                    run.push(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), queued=pb.Queued(
+                        position=0, hardware=ins.pool)))
             elif isinstance(ins, sch.QueuePosition):
                 run = self.cells.get(ins.cell_id)
                 if run is not None:

@@ -72,6 +72,7 @@ class Session:
         self.refs: dict[str, RemoteRef] = {}
         self.workers: dict[str, str] = {}      # pool -> the worker that holds this session's state
         self._known_labels: list[str] | None = None
+        self._prices: dict[str, float] | None = None
         self.last_report: CellReport | None = None
         self._notices_shown: set[str] = set()
         self._pending: dict[str, serialize.Packed] = {}
@@ -186,11 +187,15 @@ class Session:
                 elif kind == "display":
                     sink.display(json.loads(event.display.data_json), json.loads(event.display.metadata_json or "{}"),
                                  event.display.execute_result)
+                elif kind == "queued" and event.queued.position == 0:
+                    _status(sink, f"gpucell: starting a {event.queued.hardware} worker…")
                 elif kind == "queued":
                     report.queue_positions.append(event.queued.position)
                     sink.phase(f"queued: #{event.queued.position} for {event.queued.hardware}")
                 elif kind == "started":
                     self._on_started(report, event.started)
+                    _status(sink, f"gpucell: running on {event.started.hardware} worker {event.started.worker_id}"
+                                  f"{' (cold start)' if event.started.cold else ''}")
                 elif kind == "notice":
                     report.notices.append(event.notice.text)
                     if event.notice.text not in self._notices_shown:  # one line, once per session
@@ -205,6 +210,7 @@ class Session:
                     error = event.error
                 elif kind == "finished":
                     report.finished = event.finished
+                    _status(sink, self._done_line(report), final=True)
                     break
         except KeyboardInterrupt:
             self._interrupt(request.cell_id, events)
@@ -216,6 +222,23 @@ class Session:
             raise WorkerLostError("the cell ended without a result (broker or worker went away)")
         self._apply(result, user_ns, report, execution_count)
         return report
+
+    def price_per_hour(self, pool: str) -> float:
+        if self._prices is None:
+            try:
+                self._prices = {e.label: e.price_per_hour for e in self.client.catalog_pb().entries}
+            except GpucellError:
+                return 0.0  # a price is not worth failing a cell that ran
+        return self._prices.get(pool, 0.0)
+
+    def _done_line(self, report: CellReport) -> str:
+        finished = report.finished
+        assert finished is not None
+        wall = finished.queue_s + finished.cold_start_s + finished.run_s
+        outcome = "done" if finished.ok else "failed"
+        cost = finished.run_s * self.price_per_hour(report.hardware) / 3600.0
+        where = f" on {report.hardware} worker {report.worker_id}" if report.worker_id else ""
+        return f"gpucell: {outcome} in {wall:.2f}s{where} · ${cost:.4f}"
 
     def _on_started(self, report: CellReport, started: pb.Started) -> None:
         report.hardware = started.hardware
@@ -308,3 +331,10 @@ class Session:
             self.client.close_session(self.session_id)
         except GpucellError:
             pass
+
+
+def _status(sink: OutputSink, text: str, final: bool = False) -> None:
+    """The cell's phase line, for sinks that show one (the notebook updates a single line in place)."""
+    status = getattr(sink, "status", None)
+    if status is not None:
+        status(text, final)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import html
 import os
 import sys
 from typing import Any
@@ -35,7 +36,28 @@ class GPUCell(Configurable):
 
 
 class NotebookSink:
-    """Live output into the notebook: streams as written, displays as MIME bundles, phases on stderr."""
+    """Live output into the notebook: streams as written, displays as MIME bundles, and in a Jupyter
+    kernel one phase line per cell (queued, starting, running on, done in / cost) updated in place."""
+
+    def __init__(self, in_kernel: bool = False) -> None:
+        self.in_kernel = in_kernel
+        self._handle: Any = None
+
+    def begin(self) -> None:
+        """A new cell: its phase line is a new output (an interrupted cell's line stays as it was)."""
+        self._handle = None
+
+    def status(self, text: str, final: bool = False) -> None:
+        if not self.in_kernel:
+            return  # a terminal gets the queue and notice lines only
+        bundle = {"text/plain": text, "text/html": f'<span style="color: var(--jp-ui-font-color2, gray)">'
+                                                   f'{html.escape(text)}</span>'}
+        if self._handle is None:
+            self._handle = display(bundle, raw=True, display_id=True)
+        else:
+            self._handle.update(bundle, raw=True)
+        if final:
+            self._handle = None
 
     def stream(self, name: str, text: str) -> None:
         out = sys.stdout if name == "stdout" else sys.stderr
@@ -46,6 +68,9 @@ class NotebookSink:
         publish_display_data(data, metadata)
 
     def phase(self, text: str) -> None:
+        if self.in_kernel and text.startswith("queued:"):
+            self.status(f"gpucell: {text}")
+            return
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
 
@@ -77,7 +102,7 @@ class GPUCellMagics(Magics):
         self.settings = settings
         self.session = session
         self.broker = broker
-        self.sink: Any = NotebookSink()
+        self.sink: Any = NotebookSink(in_kernel=getattr(shell, "kernel", None) is not None)
         self.closed = False
         if settings.default_hardware:
             session.default_hardware = settings.default_hardware
@@ -100,6 +125,9 @@ class GPUCellMagics(Magics):
     def gpu(self, line: str, cell: str) -> None:
         """Run this cell on a remote worker, with the variables it reads; what it assigns comes back."""
         options = self.parse_options(line)
+        begin = getattr(self.sink, "begin", None)
+        if begin is not None:
+            begin()
         self.session.run_cell(cell, self.shell.user_ns, options, self.sink, skip=self.skip_names(),
                               execution_count=self.shell.execution_count)
 

@@ -29,6 +29,10 @@ def base_env() -> dict[str, str]:
     env.pop(ENV_WORKER_TOKEN, None)  # the fork server template holds no token at all
     env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     env["PYTHONUNBUFFERED"] = "1"
+    # A worker forks for `!cmd` (and the template forks workers): gRPC's fork handlers then run in a
+    # child that only wants to exec, and its poller dies on the parent's epoll fd ("Bad file descriptor"),
+    # losing the command's output. Nothing in a worker needs gRPC across a fork.
+    env["GRPC_ENABLE_FORK_SUPPORT"] = "0"
     return env
 
 
