@@ -169,6 +169,10 @@ def map(fn: Callable[..., R], items: Iterable[Any], *, gpu: str | None = None,  
     A failing item is retried `retries` times with backoff; then, with `return_exceptions=True`, its
     `RemoteError` takes its place, otherwise the map stops its workers and raises that `RemoteError`
     (`.index`, `.results_so_far`: completed results not yet yielded). `timeout` bounds each item (seconds).
+    Faults that are not the item's own cost nothing from `retries`: the items of a worker that dies run
+    again on a fresh one (an item that keeps killing its worker fails after a few tries, naming the loss),
+    and a broker that goes away is waited for, with backoff, up to a minute; either way every item's
+    result is yielded exactly once.
     `workers` defaults to the pool's `max_workers`; `progress` to a tqdm bar in notebooks and terminals.
     """
     return make_fanout(fn, "one", gpu=gpu, workers=workers, retries=retries, timeout=timeout, ordered=ordered,

@@ -35,6 +35,7 @@ class PoolConfig:
     price_per_hour: float = 0.0
     provisioner: str = "local"      # entry point name in the gpucell.provisioners group
     preload: list[str] = field(default_factory=list)   # modules the fork server imports up front
+    gpus: int = 1                   # devices per worker for a real GPU pool (A100:2 → 2); ignored when simulated
     memory_limit_mb: int = 0        # a worker above this RSS is stopped and its cell says why (0: none)
     options: dict[str, Any] = field(default_factory=dict)  # provisioner-specific (e.g. Ray address)
 
@@ -140,7 +141,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> BrokerConfig:
     if not path:
         # The built-in default: the GPUs this machine has, one pool per label, one worker per device.
         for label, count in local_labels(nvml_inventory()).items():
-            config.pools.setdefault(label, PoolConfig(label=label, max_workers=count))
+            config.pools.setdefault(label, PoolConfig(label=label, max_workers=count, gpus=1))
+            for per_worker in (2, 4, 8):  # A100:2 etc. draw on the same devices, never sharing one
+                if per_worker <= count:
+                    config.pools.setdefault(f"{label}:{per_worker}", PoolConfig(
+                        label=f"{label}:{per_worker}", max_workers=count // per_worker, gpus=per_worker))
     if "cpu" not in config.pools:
         config.pools["cpu"] = default_cpu_pool()
     return config

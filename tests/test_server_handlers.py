@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
+from nbformat.v4 import new_code_cell, new_notebook
 from tornado.httpclient import HTTPClientError
 
 from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
@@ -156,3 +158,48 @@ def test_server_starts_a_shared_broker_for_its_kernels(
         time.sleep(0.05)
     assert process.poll() is not None, "the server's broker outlived the server"
     assert ENV_BROKER not in os.environ
+
+
+def test_jobs_submit_and_list(broker: EmbeddedBroker, jp_fetch: Fetch, jp_asyncio_loop: Any, jp_root_dir: Path) -> None:
+    (jp_root_dir / "work").mkdir()
+    nbformat.write(new_notebook(cells=[new_code_cell("n = 1", metadata={"tags": ["parameters"]}),
+                                       new_code_cell("print(n * 6)")]), jp_root_dir / "work" / "tiny.ipynb")
+    code, job = call(jp_asyncio_loop, jp_fetch, "jobs", method="POST",
+                     body=json.dumps({"path": "work/tiny.ipynb", "hardware": "T4", "parameters": ["n=7"]}))
+    assert code == 201, job
+    assert job["id"].startswith("job-") and (job["notebook"], job["state"]) == ("work/tiny.ipynb", "running")
+
+    def listed() -> dict[str, Any]:
+        code, body = call(jp_asyncio_loop, jp_fetch, "jobs")
+        assert code == 200 and body["broker"] == broker.address
+        (row,) = body["jobs"]
+        return dict(row)
+
+    assert listed()["id"] == job["id"]
+    deadline = time.monotonic() + 120
+    while (row := listed())["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (row["state"], row["notebook"], row["hardware"]) == ("succeeded", "work/tiny.ipynb", "T4"), row
+    assert row["duration_s"] > 0
+
+
+def test_jobs_reject_bad_requests(broker: EmbeddedBroker, jp_fetch: Fetch, jp_asyncio_loop: Any, jp_root_dir: Path) -> None:
+    nbformat.write(new_notebook(cells=[new_code_cell("1")]), jp_root_dir / "ok.ipynb")
+
+    def post(body: Any) -> tuple[int, dict[str, Any]]:
+        return call(jp_asyncio_loop, jp_fetch, "jobs", method="POST",
+                    body=body if isinstance(body, str) else json.dumps(body))
+
+    assert post("not json")[0] == 400
+    code, body = post({"hardware": "T4"})
+    assert code == 400 and "path" in body["error"]
+    assert post({"path": "ok.ipynb", "parameters": "n=1"})[0] == 400
+    code, body = post({"path": "missing.ipynb"})
+    assert code == 404 and "missing.ipynb" in body["error"]
+    code, body = post({"path": "../ok.ipynb"})
+    assert code == 400 and "outside" in body["error"]
+    code, body = post({"path": "ok.ipynb", "parameters": ["1x=2"]})
+    assert code == 400 and "KEY=VALUE" in body["error"]
+    code, body = post({"path": "ok.ipynb", "hardware": "XYZ"})
+    assert code == 400 and "XYZ" in body["error"]
+    assert call(jp_asyncio_loop, jp_fetch, "jobs") == (200, {"jobs": [], "broker": broker.address})

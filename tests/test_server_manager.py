@@ -7,12 +7,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import nbformat
 import pytest
+from nbformat.v4 import new_code_cell, new_notebook
 
+from gpucell.batch.jobs_client import JobsClient
 from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.protocol import gpucell_pb2 as pb
-from gpucell.server.manager import BrokerUnreachable, GpuCellManager, WorkerNotFound
+from gpucell.server.manager import BadJobRequest, BrokerUnreachable, GpuCellManager, NotebookNotFound, WorkerNotFound
 
 POOLS_TOML = """
 [pools.T4]
@@ -61,12 +64,13 @@ def run_cell(broker: EmbeddedBroker, session: str, notebook: str, hardware: str 
     return [e.stream.text for e in events if e.WhichOneof("kind") == "stream"]
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 15.0) -> object:
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.05)
+    return value
 
 
 def workers(status: dict) -> list[dict]:
@@ -141,5 +145,65 @@ def test_notebook_names_are_relative_to_the_server_root(broker: EmbeddedBroker, 
         status = made.status()
         assert [w["session_name"] for w in workers(status)] == ["a.ipynb"]
         assert [row["notebook"] for row in status["usage"]["by_notebook"]] == ["a.ipynb"]
+    finally:
+        made.close()
+
+
+def test_submit_a_notebook_as_a_job_and_list_it(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "greeting.txt").write_text("hello from the notebook's folder")
+    nbformat.write(new_notebook(cells=[
+        new_code_cell("n = 1", metadata={"tags": ["parameters"]}),
+        new_code_cell("print(open('greeting.txt').read())"),  # relative reads: the job runs in the folder
+        new_code_cell("%load_ext gpucell"),
+        new_code_cell("%%gpu\nimport os\nprint('on', os.environ['GPUCELL_HARDWARE'], 'n', n)"),
+    ]), work / "tiny.ipynb")
+    made = GpuCellManager(broker.address, broker.token, notebook_root=str(tmp_path))
+    try:
+        job = made.submit_job("work/tiny.ipynb", "T4", ["n=7", "  "])
+        assert job["id"].startswith("job-") and job["state"] == "running"
+        assert (job["notebook"], job["hardware"]) == ("work/tiny.ipynb", "T4")
+
+        def ended() -> dict | None:
+            (listed,) = [j for j in made.jobs()["jobs"] if j["id"] == job["id"]]
+            return listed if listed["state"] != "running" else None
+
+        done = wait_for(ended, "the job to end", timeout=180)
+        assert isinstance(done, dict)
+        assert done["state"] == "succeeded", done["error"]
+        assert done["notebook"] == "work/tiny.ipynb" and done["cost"] > 0
+        assert done["duration_s"] == pytest.approx(done["finished"] - done["started"])
+    finally:
+        made.close()
+    client = JobsClient(broker.address, broker.token)
+    try:
+        data, _ = client.fetch(job["id"])
+    finally:
+        client.close()
+    outputs = ["".join(o.get("text", "") for o in cell.get("outputs", []))
+               for cell in nbformat.reads(data.decode(), as_version=4).cells]
+    assert "hello from the notebook's folder" in outputs[2]  # cell 1 is the injected parameters
+    assert "on T4 n 7" in outputs[4]
+
+
+def test_bad_job_requests_fail_before_anything_runs(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    for folder in (tmp_path, root):
+        nbformat.write(new_notebook(cells=[new_code_cell("1")]), folder / "ok.ipynb")
+    made = GpuCellManager(broker.address, broker.token, notebook_root=str(root))
+    try:
+        with pytest.raises(NotebookNotFound, match="missing.ipynb"):
+            made.submit_job("missing.ipynb")
+        with pytest.raises(BadJobRequest, match="outside"):
+            made.submit_job("../ok.ipynb")
+        with pytest.raises(BadJobRequest, match="not a notebook"):
+            made.submit_job("data.csv")
+        with pytest.raises(BadJobRequest, match="KEY=VALUE"):
+            made.submit_job("ok.ipynb", parameters=["no equals sign"])
+        with pytest.raises(BadJobRequest, match="XYZ"):  # the broker refuses the label at submit time
+            made.submit_job("/ok.ipynb", hardware="XYZ")
+        assert made.jobs() == {"jobs": [], "broker": broker.address}
     finally:
         made.close()

@@ -1,4 +1,4 @@
-"""The "GPU cells" sidebar in real JupyterLab under Debian's Chromium: pick, run, watch, release, reload, outage."""
+"""The "GPU cells" sidebar in real JupyterLab under Debian's Chromium: pick, run, watch, release, batch job, reload, outage."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from gpucell.batch.jobs_client import JobsClient
 from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.config import ENV_BROKER, ENV_CONFIG, ENV_TOKEN
 
@@ -201,6 +202,39 @@ def cell_output(page: Page, index: int) -> Any:
     return page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output")
 
 
+def run_as_batch_job(page: Page, lab: Lab, tmp_path: Path) -> None:
+    """The notebook just prototyped, run from the palette as a detached job with a parameter, on the picked T4."""
+    page.keyboard.press("Control+Shift+C")
+    palette = page.locator(".lm-CommandPalette-input")
+    palette.fill("Run notebook as batch job")
+    page.locator(".lm-CommandPalette-item", has_text="Run notebook as batch job").first.click()
+    form = page.get_by_test_id("gpucell-batch-form")
+    expect(form).to_contain_text("Untitled.ipynb")
+    expect(form.get_by_test_id("gpucell-batch-hardware")).to_have_value("T4")  # the sidebar's pick
+    form.get_by_test_id("gpucell-batch-parameters").fill("greeting=hello batch")
+    page.locator(".jp-Dialog-button.jp-mod-accept").click()
+
+    job = page.get_by_test_id("gpucell-job")
+    expect(job).to_have_count(1)
+    expect(job.get_by_test_id("gpucell-job-notebook")).to_have_text("Untitled.ipynb")
+    expect(job).to_have_attribute("data-state", "succeeded", timeout=120_000)
+    expect(job.get_by_test_id("gpucell-job-numbers")).to_contain_text("T4 · ")
+    screenshot(page, "sidebar-jobs.png", tmp_path)
+
+    # What ran is the saved notebook with the parameter injected, its bare %%gpu cell on T4.
+    client = JobsClient(lab.broker.address, lab.broker.token)
+    try:
+        data, info = client.fetch(str(job.get_attribute("data-job-id")))
+    finally:
+        client.close()
+    assert info["hardware"] == "T4" and info["cost"] > 0
+    cells = json.loads(data)["cells"]
+    assert "greeting = 'hello batch'" in "".join(cells[0]["source"])
+    outputs = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
+                      for cell in cells for o in cell.get("outputs", []))
+    assert "T4" in outputs and "done" in outputs
+
+
 def test_sidebar_pick_run_watch_release_reload_outage(lab: Lab, browser: Browser, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
@@ -251,6 +285,8 @@ def test_sidebar_pick_run_watch_release_reload_outage(lab: Lab, browser: Browser
     expect(worker).to_have_count(0)
     expect(page.get_by_test_id("gpucell-no-workers")).to_be_visible()
     wait_for(lambda: lab.gpucell_status()["pools"]["T4"]["workers"] == [], "gpucell status to drop the worker")
+
+    run_as_batch_job(page, lab, tmp_path)
 
     page.reload()
     open_panel(page)

@@ -13,6 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from harness import OutputRecorder, Profile, Sample, capture_stdout, wait_for
 from systems.base import System, Unsupported
+from systems.gpucell_ray import ray_cold_starts
 
 HW = "cpu"
 # The session's pool: no warm workers, so the first cell after a release is a true scale from zero.
@@ -174,6 +175,9 @@ class GpucellSystem(System):
                               note="as above, broker started with GPUCELL_FORK_SERVER=0")
         finally:
             self._reload_extension({"GPUCELL_FORK_SERVER": None})
+        # the same through the ray provisioner (a 1-node local Ray cluster), beside the local one
+        yield self.sample("cold_start_ms", ray_cold_starts(self.p.cold_n), "ray_provisioner",
+                          note="pool on a local Ray cluster: actor + worker process start, no fork server")
 
     def _reload_extension(self, env: dict[str, str | None]) -> None:
         """%unload_ext, change the environment, %load_ext: a fresh embedded broker, as a user would get."""

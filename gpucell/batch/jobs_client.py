@@ -13,6 +13,7 @@ from gpucell.config import ENV_BROKER, ENV_TOKEN
 from gpucell.errors import BrokerUnavailableError, ConfigError
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
+from gpucell.protocol.channels import open_channel
 
 
 def job_to_json(job: pb.JobInfo) -> dict[str, Any]:
@@ -25,9 +26,11 @@ class JobsClient:
     def __init__(self, address: str, token: str, connect_timeout: float = 5.0) -> None:
         self.address = address
         self.connect_timeout = connect_timeout
-        self._channel = grpc.insecure_channel(address, options=[
+        # The same channel rules as every client (TLS when GPUCELL_TLS_CA is set).
+        self._channel = open_channel(address, [
             ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
         self._stub = pb_grpc.JobsStub(self._channel)
+        self._is_ready = False
         self._metadata = (("authorization", f"Bearer {token}"),)
 
     @classmethod
@@ -39,8 +42,11 @@ class JobsClient:
         return cls(address, os.environ.get(ENV_TOKEN, ""))
 
     def _ready(self) -> None:
+        if self._is_ready:
+            return  # gRPC reconnects by itself; a later outage surfaces as UNAVAILABLE on the call
         try:
             grpc.channel_ready_future(self._channel).result(timeout=self.connect_timeout)
+            self._is_ready = True
         except grpc.FutureTimeoutError:
             raise BrokerUnavailableError(f"cannot reach the gpucell broker at {self.address} ({ENV_BROKER}): "
                                          f"nothing answered within {self.connect_timeout:g}s") from None

@@ -79,6 +79,7 @@ class WorkerConn:
     versions: dict[str, str]
     outbox: asyncio.Queue[pb.WorkerInstruction | None] = field(default_factory=asyncio.Queue)
     last_seen: float = field(default_factory=time.monotonic)
+    gpus: list[pb.GpuInfo] = field(default_factory=list)
 
 
 @dataclass
@@ -173,6 +174,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         if spec.lower() in by_lower:
             return by_lower[spec.lower()], ""
         base = spec.split(":", 1)[0]
+        if base.lower() in by_lower:
+            # The label is served here, but not with that many devices per worker.
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"no pool serves {spec!r} (known: {', '.join(self.known_labels())})")
         known_lower = {label.lower() for label in KNOWN_LABELS}
         if base.lower() in known_lower and self.config.cpu_fallback and "cpu" in self.config.pools:
             if strict:
@@ -364,6 +369,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                     self._on_worker_event(conn, message.event)
                 elif kind == "heartbeat":
                     self._check_memory(conn, message.heartbeat.rss)
+                    if message.heartbeat.gpus:
+                        conn.gpus = list(message.heartbeat.gpus)
         except (asyncio.CancelledError, aio.AioRpcError, grpc.RpcError):
             pass
         finally:
@@ -608,7 +615,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 workers.append(pb.WorkerStatus(
                     id=w.id, state=w.state.value, session=w.session or "", idle_s=idle, hardware=label,
                     release_in_s=release_in, session_name=self.session_names.get(w.session or "", ""),
-                    pid=conn.pid if conn else 0, node=conn.node if conn else ""))
+                    pid=conn.pid if conn else 0, node=conn.node if conn else "", gpus=conn.gpus if conn else []))
             pools.append(pb.PoolStatus(
                 label=label, workers=workers, queued=self.scheduler.queue_length(label),
                 max_workers=cfg.max_workers, min_warm=cfg.min_warm, idle_timeout=cfg.idle_timeout,

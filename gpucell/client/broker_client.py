@@ -156,7 +156,10 @@ def status_to_json(status: pb.StatusGetResponse) -> dict[str, Any]:
         pools[pool.label] = {
             "workers": [{"id": w.id, "state": w.state, "session": w.session, "idle_s": round(w.idle_s, 3),
                          "hardware": w.hardware, "release_in_s": round(w.release_in_s, 3),
-                         "session_name": w.session_name, "pid": w.pid, "node": w.node} for w in pool.workers],
+                         "session_name": w.session_name, "pid": w.pid, "node": w.node,
+                         "gpus": [{"name": g.name, "uuid": g.uuid, "utilization": g.utilization,
+                                   "memory_used": g.memory_used, "memory_total": g.memory_total} for g in w.gpus]}
+                        for w in pool.workers],
             "queued": pool.queued, "max_workers": pool.max_workers, "min_warm": pool.min_warm,
             "idle_timeout": pool.idle_timeout, "price_per_hour": pool.price_per_hour, "simulate": pool.simulate,
         }

@@ -20,7 +20,8 @@ import cloudpickle
 from gpucell.client.broker_client import BrokerClient
 from gpucell.client.fanout_runner import NO_TASK, CellBody, Task
 from gpucell.client.session import CellOptions, OutputSink, Session
-from gpucell.errors import GpucellError, RemoteError, SerializationError, WorkerLostError
+from gpucell.errors import (BrokerUnavailableError, ConfigError, GpucellError, RemoteError, SerializationError,
+                            WorkerLostError)
 
 # Batches aim at this much work on the worker: long enough that the per-cell cost (~1-2 ms on the
 # worker, more on the client, hidden by pipelining) is noise, short enough that slow items still
@@ -37,6 +38,15 @@ DEPTH = 2                        # cells in flight per slot: the next batch wait
 RETRY_BASE_S = 0.1
 RETRY_MAX_S = 10.0
 CELL_TIMEOUT_SLACK_S = 60.0
+# Faults that are not the item's doing cost it nothing from `retries`: a worker that died under a batch
+# re-runs the batch's items on a fresh worker (an item lost twice runs alone, so a poison item that kills
+# its worker is found; lost more than LOST_RETRIES times, it fails with the reason); a broker that cannot
+# be reached (down, restarting) pauses the map with backoff and resubmits, for up to RECONNECT_WINDOW_S.
+LOST_RETRIES = 3
+SOLO_AFTER_LOST = 2
+RECONNECT_WINDOW_S = 60.0
+RECONNECT_BASE_S = 0.2
+RECONNECT_MAX_S = 2.0
 
 SETUP_SOURCE = "_gpucell_fn = _gpucell_task\n"
 BATCH_SOURCE = ("from gpucell.client.fanout_runner import run_batch as _gpucell_run\n"
@@ -131,6 +141,12 @@ class Fanout:
         self.done = 0
         self.failed = 0
         self.retrying = 0
+        self._lost: dict[int, int] = {}                    # index -> times its worker died under it
+        self._down_since: float | None = None              # when the broker became unreachable
+        self._down_streak = 0
+        self._paused_until = 0.0
+        self.lost_batches = 0
+        self.reconnects = 0
         self._fatal: BaseException | None = None
         self._stopping = False
         self._closed = False
@@ -277,14 +293,26 @@ class Fanout:
     def _setup(self, slot: _Slot, session: Session) -> bool:
         """Bind the task on the slot's worker, once; a slot takes items only once it has a worker."""
         sink = _SlotSink(self.sink, slot)
-        try:
-            session.run_cell(SETUP_SOURCE, {"_gpucell_task": self.task}, self._options(0), sink, skip=_SETUP_SKIP)
-        except KeyboardInterrupt:   # cancelled (the map ended while this slot still waited for a worker)
-            return False
-        except GpucellError as exc:
-            if not self._stopping:
-                self._fail_all(_setup_error(exc))
-            return False
+        lost = 0
+        while True:
+            try:
+                session.run_cell(SETUP_SOURCE, {"_gpucell_task": self.task}, self._options(0), sink,
+                                 skip=_SETUP_SKIP)
+                break
+            except KeyboardInterrupt:   # cancelled (the map ended while this slot still waited for a worker)
+                return False
+            except GpucellError as exc:
+                kind = fault_kind(exc)
+                lost += kind == "lost"
+                if self._stopping:
+                    return False
+                delay = self._note_fault(exc, kind, lost) if kind is not None and lost <= LOST_RETRIES else None
+                if delay is None:
+                    self._fail_all(_setup_error(exc))
+                    return False
+                with self._cv:      # backoff, cut short when the map ends
+                    self._cv.wait_for(lambda: self._stopping, timeout=delay)
+        self._reachable()
         slot.ready.set()
         return True
 
@@ -301,20 +329,25 @@ class Fanout:
             while True:
                 try:
                     session.run_cell(BATCH_SOURCE, ns, self._options(len(batch.items)), sink, skip=_BATCH_SKIP)
+                    out = ns.get("_gpucell_out")
+                    if out == NO_TASK:  # a replacement worker: bind the task there, then run the batch again
+                        session.run_cell(SETUP_SOURCE, {"_gpucell_task": self.task}, self._options(0), sink,
+                                         skip=_SETUP_SKIP)
+                        continue
                 except KeyboardInterrupt:
                     self._batch_failed(batch, WorkerLostError("the batch was cancelled"))
                     return
                 except GpucellError as exc:
-                    self._batch_failed(batch, exc)
+                    kind = fault_kind(exc)
+                    if kind is None:
+                        self._batch_failed(batch, exc)
+                    else:
+                        self._batch_lost(batch, exc, kind)
                     return
-                out = ns.get("_gpucell_out")
-                if out == NO_TASK:      # a replacement worker: bind the task there, then run the batch again
-                    session.run_cell(SETUP_SOURCE, {"_gpucell_task": self.task}, self._options(0), sink,
-                                     skip=_SETUP_SKIP)
-                    continue
                 break
         finally:
             slot.busy[lane] = False
+        self._reachable()
         values, failures, compute_s = pickle.loads(out)
         hardware = session.last_report.hardware if session.last_report else ""
         self._deliver(slot, batch, values, failures, compute_s, len(payload) + len(out), hardware)
@@ -345,10 +378,21 @@ class Fanout:
             while True:
                 if self._stopping:
                     return None
+                now = time.monotonic()
+                if now < self._paused_until:     # the broker is unreachable: wait for the backoff to pass
+                    self._cv.wait(self._paused_until - now)
+                    continue
                 size = self._batch_size(slot)
                 batch = _Batch([], [])
-                now = time.monotonic()
                 while self._retry and self._retry[0][0] <= now and len(batch.indices) < size:
+                    if self._lost.get(self._retry[0][1], 0) >= SOLO_AFTER_LOST:
+                        # A suspect (its worker died under it more than once): alone, so it hurts no other item.
+                        if not batch.indices:
+                            _, index, item = heapq.heappop(self._retry)
+                            batch.indices.append(index)
+                            batch.items.append(item)
+                        size = len(batch.indices)
+                        break
                     _, index, item = heapq.heappop(self._retry)
                     batch.indices.append(index)
                     batch.items.append(item)
@@ -406,7 +450,71 @@ class Fanout:
                 self._item_failed(index, item, RemoteError(name, str(exc)))
             self._cv.notify_all()
 
+    def _batch_lost(self, batch: _Batch, exc: GpucellError, kind: str) -> None:
+        """The batch's worker died, or the broker went away: its items go back to the queue at no cost to
+        their `retries` (bounded: see LOST_RETRIES and RECONNECT_WINDOW_S)."""
+        with self._cv:
+            self._in_flight -= len(batch.indices)
+            if self._stopping:
+                self._cv.notify_all()
+                return
+            now = time.monotonic()
+            if kind == "unreachable":
+                # Every lane pauses (see _take); the items wait in the queue, ready as soon as it is back.
+                if self._note_fault(exc, kind, 0) is not None:
+                    for index, item in zip(batch.indices, batch.items):
+                        heapq.heappush(self._retry, (now, index, item))
+                self._cv.notify_all()
+                return
+            self.lost_batches += 1
+            for index, item in zip(batch.indices, batch.items):
+                count = self._lost.get(index, 0) + 1
+                if count > LOST_RETRIES:
+                    self._set_lost(index, 0)
+                    self._item_failed(index, item, RemoteError(
+                        "WorkerLostError", f"{exc} (the item's worker was lost {count} times)"))
+                    continue
+                self._set_lost(index, count)
+                delay = min(RETRY_MAX_S, RETRY_BASE_S * (2 ** (count - 1)))
+                heapq.heappush(self._retry, (now + delay, index, item))
+            self._cv.notify_all()
+
+    def _note_fault(self, exc: GpucellError, kind: str, lost: int) -> float | None:
+        """The backoff before the next try after a fault; None (and the map stops) when the broker stayed
+        unreachable past RECONNECT_WINDOW_S. An unreachable broker pauses every lane, not just this one."""
+        with self._cv:
+            now = time.monotonic()
+            if kind == "lost":
+                return min(RETRY_MAX_S, RETRY_BASE_S * (2 ** max(0, lost - 1)))
+            if self._down_since is None:
+                self._down_since = now
+            elif now - self._down_since > RECONNECT_WINDOW_S:
+                self._fatal_error(BrokerUnavailableError(
+                    f"the map stopped: the broker stayed unreachable for {RECONNECT_WINDOW_S:g}s ({exc})"))
+                return None
+            self._down_streak += 1
+            delay = min(RECONNECT_MAX_S, RECONNECT_BASE_S * (2 ** min(self._down_streak - 1, 8)))
+            self._paused_until = max(self._paused_until, now + delay)
+            self.reconnects += 1
+            return self._paused_until - now
+
+    def _reachable(self) -> None:
+        """A cell came back: the broker is there (again); the next outage starts its own window."""
+        if self._down_since is not None or self._down_streak:
+            with self._cv:
+                self._down_since = None
+                self._down_streak = 0
+
+    def _set_lost(self, index: int, count: int) -> None:
+        before = index in self._lost or index in self._attempts
+        if count:
+            self._lost[index] = count
+        else:
+            self._lost.pop(index, None)
+        self.retrying += (index in self._lost or index in self._attempts) - before
+
     def _item_done(self, index: int, ok: bool, value: Any) -> None:
+        self._set_lost(index, 0)
         if self._attempts.pop(index, 0):
             self.retrying -= 1
         if ok:
@@ -421,7 +529,7 @@ class Fanout:
     def _item_failed(self, index: int, item: Any, error: RemoteError) -> None:
         attempt = self._attempts.get(index, 0)
         if attempt < self.options.retries and not self._stopping:
-            if attempt == 0:
+            if attempt == 0 and index not in self._lost:
                 self.retrying += 1
             self._attempts[index] = attempt + 1
             delay = min(RETRY_MAX_S, RETRY_BASE_S * (2 ** attempt))
@@ -478,10 +586,26 @@ class _SlotSink:
         self._sink.phase(text)
 
 
+def fault_kind(exc: GpucellError) -> str | None:
+    """'lost': the worker died under the cell; 'unreachable': the broker is down, restarting, or restarted
+    and no longer knows the cell; None: the cell's own outcome (a user error, a timeout, a bad request)."""
+    if isinstance(exc, WorkerLostError):
+        return "lost"
+    if isinstance(exc, BrokerUnavailableError):
+        return "unreachable"
+    if isinstance(exc, ConfigError) and " is gone (" in str(exc):
+        # A dropped stream re-attached (CellAttach: NOT_FOUND) to a broker that restarted meanwhile.
+        return "unreachable"
+    if type(exc) is GpucellError and str(exc).startswith("broker error ("):
+        # A stream cut with another status than UNAVAILABLE (INTERNAL, UNKNOWN) while the broker went down.
+        return "unreachable"
+    return None
+
+
 def _setup_error(exc: GpucellError) -> GpucellError:
     if isinstance(exc, RemoteError):
         exc.args = (f"the function could not be set up on the worker: {exc}",)
     return exc
 
 
-__all__ = ["CellBody", "Fanout", "FanoutOptions", "StreamSink", "Task"]
+__all__ = ["CellBody", "Fanout", "FanoutOptions", "StreamSink", "Task", "fault_kind"]

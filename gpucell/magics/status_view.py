@@ -12,7 +12,9 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         for w in pool["workers"]:
             idle = f"{w['idle_s']:.0f}s" if w["state"] == "idle" else ""
             release = f"{w['release_in_s']:.0f}s" if w["release_in_s"] >= 0 else ""
-            rows.append((label, w["id"] or "(another session)", w["state"], idle, release))
+            gpus = "".join(f" [{g['name']}: {g['utilization']}%, {g['memory_used'] / 2**30:.1f}/"
+                           f"{g['memory_total'] / 2**30:.0f} GiB]" for g in w.get("gpus", []))
+            rows.append((label, (w["id"] or "(another session)") + gpus, w["state"], idle, release))
     return rows
 
 

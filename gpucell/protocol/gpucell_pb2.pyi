@@ -275,7 +275,7 @@ class StatusGetRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("id", "state", "session", "idle_s", "hardware", "release_in_s", "session_name", "pid", "node")
+    __slots__ = ("id", "state", "session", "idle_s", "hardware", "release_in_s", "session_name", "pid", "node", "gpus")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +285,7 @@ class WorkerStatus(_message.Message):
     SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     session: str
@@ -294,7 +295,8 @@ class WorkerStatus(_message.Message):
     session_name: str
     pid: int
     node: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., session: _Optional[str] = ..., idle_s: _Optional[float] = ..., hardware: _Optional[str] = ..., release_in_s: _Optional[float] = ..., session_name: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ...) -> None: ...
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., session: _Optional[str] = ..., idle_s: _Optional[float] = ..., hardware: _Optional[str] = ..., release_in_s: _Optional[float] = ..., session_name: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
     __slots__ = ("label", "workers", "queued", "max_workers", "min_warm", "idle_timeout", "price_per_hour", "simulate")

@@ -30,6 +30,7 @@ DEFAULT_RETURN_LIMIT = 256 * 1024 * 1024
 INLINE_LIMIT = 1 << 20           # larger values travel over the bulk data path
 TRANSFER_TIMEOUT_S = 600.0
 HEARTBEAT_S = 1.0
+_GPU_FIELDS = {"name", "uuid", "memory_total", "memory_used", "utilization", "label"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -77,11 +78,13 @@ class Worker:
         self.cache: dict[str, Any] = {}
         self.data = DataServer(os.environ.get("GPUCELL_DATA_HOST", "127.0.0.1"))
         self.kept: dict[str, pb.RemoteRefInfo] = {}
+        self._outgoing_cells: list[set[str]] = []   # large outputs of the last cells, newest last
         self.current_cell = ""
         self.cancelled_cell = ""
         self.interruptible = False
         self.shell: WorkerShell = make_shell(self)
         self._stop = threading.Event()
+        self.devices: list[hardware.GpuDevice] = []
 
     # ------------------------------------------------------------ Emitter (called from user code)
 
@@ -138,8 +141,11 @@ class Worker:
             self.inbox.put(None)
 
     def _heartbeat(self) -> None:
+        uuids = [d.uuid for d in self.devices]
         while not self._stop.wait(HEARTBEAT_S):
-            self.outbox.put(pb.WorkerMessage(heartbeat=pb.WorkerHeartbeat(rss=_rss())))
+            gpus = [pb.GpuInfo(**{k: v for k, v in stat.items() if k in _GPU_FIELDS})
+                    for stat in hardware.device_stats(uuids)] if uuids else []
+            self.outbox.put(pb.WorkerMessage(heartbeat=pb.WorkerHeartbeat(rss=_rss(), gpus=gpus)))
 
     def _cancel(self, cell_id: str) -> None:
         if cell_id != self.current_cell:
@@ -158,7 +164,7 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda *_: self.inbox.put(None))
         sys.stdout = CellStream("stdout", self.stream)
         sys.stderr = CellStream("stderr", self.stream)
-        devices = hardware.visible_devices(hardware.nvml_inventory())
+        devices = self.devices = hardware.visible_devices(hardware.nvml_inventory())
         gpus = [pb.GpuInfo(name=d.name, uuid=d.uuid, memory_total=d.memory_total, label=d.label) for d in devices]
         self.outbox.put(pb.WorkerMessage(register=pb.WorkerRegister(
             worker_id=self.worker_id, hardware=self.hardware, pid=os.getpid(),
@@ -235,7 +241,14 @@ class Worker:
         """Assigned names, and inputs the cell mutated in place, go back (or stay as RemoteRefs)."""
         ns = self.shell.user_ns
         result = pb.Result(data_address=self.data.address, ticket=self.data.ticket)
-        self.data.outgoing.clear()
+        # The previous cell's large outputs stay fetchable while this one runs: a pipelined client (a map
+        # keeps two cells per worker) may still be fetching them. The cell before that has had its turn.
+        if len(self._outgoing_cells) == 2:
+            oldest = self._outgoing_cells.pop(0)
+            with self.data.changed:
+                for digest in oldest - self._outgoing_cells[0]:
+                    self.data.outgoing.pop(digest, None)
+        mine: set[str] = set()
         sent = 0
         limit = req.options.return_limit or DEFAULT_RETURN_LIMIT
         names = list(req.assigns) + [n for n in inputs if n not in req.assigns]
@@ -268,7 +281,9 @@ class Worker:
             result.outputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
                                                 size=packed.size, fetch=fetch))
             if fetch:
-                self.data.outgoing[packed.hash] = packed
+                with self.data.changed:
+                    self.data.outgoing[packed.hash] = packed
+                mine.add(packed.hash)
             else:
                 result.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
                                             buffers=[bytes(b) for b in packed.buffers]))
@@ -277,6 +292,7 @@ class Worker:
             if name not in ns:
                 result.deleted.append(name)
                 self.kept.pop(name, None)
+        self._outgoing_cells.append(mine)
         self._trim_cache()
         return result, sent
 

@@ -11,7 +11,13 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 
 from gpucell.errors import GpucellError
-from gpucell.server.manager import BrokerUnreachable, GpuCellManager, WorkerNotFound
+from gpucell.server.manager import (
+    BadJobRequest,
+    BrokerUnreachable,
+    GpuCellManager,
+    NotebookNotFound,
+    WorkerNotFound,
+)
 
 MANAGER_SETTING = "gpucell_manager"
 
@@ -23,22 +29,33 @@ class GpuCellHandler(ExtensionHandlerMixin, APIHandler):
     def manager(self) -> GpuCellManager:
         return self.settings[MANAGER_SETTING]  # type: ignore[no-any-return]
 
-    async def answer(self, call: Callable[[], dict[str, Any]]) -> None:
+    async def answer(self, call: Callable[[], dict[str, Any]], status: int = 200) -> None:
         try:
             # gRPC calls block: a thread keeps the server responsive while the broker answers.
             result = await asyncio.get_running_loop().run_in_executor(None, call)
         except BrokerUnreachable as exc:
             self._fail(503, str(exc))
-        except WorkerNotFound as exc:
+        except (WorkerNotFound, NotebookNotFound) as exc:
             self._fail(404, str(exc))
+        except BadJobRequest as exc:
+            self._fail(400, str(exc))
         except GpucellError as exc:
             self._fail(502, f"{type(exc).__name__}: {exc}")
         else:
+            self.set_status(status)
             self.finish(result)
 
     def _fail(self, status: int, message: str) -> None:
         self.set_status(status)
         self.finish({"error": message})
+
+    def json_body(self) -> dict[str, Any] | None:
+        """The request's JSON object, or None when the body is not one."""
+        try:
+            body = self.get_json_body()
+        except tornado.web.HTTPError:
+            return None
+        return body if isinstance(body, dict) else None
 
 
 class CatalogHandler(GpuCellHandler):
@@ -56,11 +73,8 @@ class StatusHandler(GpuCellHandler):
 class ReleaseHandler(GpuCellHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
-        try:
-            body = self.get_json_body()
-        except tornado.web.HTTPError:
-            body = None
-        worker_id = body.get("worker_id") if isinstance(body, dict) else None
+        body = self.json_body()
+        worker_id = body.get("worker_id") if body is not None else None
         if not isinstance(worker_id, str) or not worker_id:
             self._fail(400, 'body must be JSON {"worker_id": "<id>"}')
             return
@@ -68,8 +82,37 @@ class ReleaseHandler(GpuCellHandler):
         await self.answer(lambda: manager.release(worker_id))
 
 
+JOB_BODY = '{"path": "<notebook.ipynb>", "hardware": "<label>", "parameters": ["KEY=VALUE", ...]}'
+
+
+class JobsHandler(GpuCellHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.answer(self.manager.jobs)
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        body = self.json_body()
+        if body is None:
+            self._fail(400, f"body must be JSON {JOB_BODY}")
+            return
+        path, hardware, parameters = body.get("path"), body.get("hardware", ""), body.get("parameters", [])
+        if not isinstance(path, str) or not path:
+            self._fail(400, f"path must be the notebook's path under the server root; body: {JOB_BODY}")
+            return
+        if not isinstance(hardware, str):
+            self._fail(400, "hardware must be a string (a label, or empty for the broker's default)")
+            return
+        if not isinstance(parameters, list) or not all(isinstance(p, str) for p in parameters):
+            self._fail(400, 'parameters must be a list of "KEY=VALUE" strings')
+            return
+        manager = self.manager
+        await self.answer(lambda: manager.submit_job(path, hardware, parameters), status=201)
+
+
 HANDLERS: list[tuple[str, type[GpuCellHandler]]] = [
     (r"/gpucell/catalog", CatalogHandler),
     (r"/gpucell/status", StatusHandler),
     (r"/gpucell/release", ReleaseHandler),
+    (r"/gpucell/jobs", JobsHandler),
 ]

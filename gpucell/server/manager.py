@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from gpucell.batch.jobs_client import JobsClient
 from gpucell.client import BrokerClient
-from gpucell.errors import BrokerUnavailableError, GpucellError
+from gpucell.errors import BrokerUnavailableError, ConfigError, GpucellError
 
 
 class BrokerUnreachable(GpucellError):
@@ -17,6 +19,14 @@ class BrokerUnreachable(GpucellError):
 
 class WorkerNotFound(GpucellError):
     """No worker with that id is known to the broker (already released, or never existed)."""
+
+
+class NotebookNotFound(GpucellError):
+    """No such notebook under the server's root; the REST layer turns this into 404."""
+
+
+class BadJobRequest(GpucellError):
+    """A job the broker would refuse or could not run as asked (bad path, parameter or label): 400."""
 
 
 class BrokerCalls(Protocol):
@@ -31,8 +41,19 @@ class BrokerCalls(Protocol):
     def close(self) -> None: ...
 
 
+class JobCalls(Protocol):
+    """The part of gpucell.batch.jobs_client.JobsClient the manager uses."""
+
+    def submit(self, notebook_name: str, notebook: bytes, parameters: list[str], hardware: str = "",
+               timeout_s: float = 0.0, workdir: str = "") -> dict[str, Any]: ...
+
+    def list(self) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
 class GpuCellManager:
-    """Catalog with live counts, status with cost per notebook, and releasing one worker by id."""
+    """Catalog with live counts, status with cost per notebook, releasing one worker, and batch jobs."""
 
     def __init__(
         self,
@@ -40,10 +61,12 @@ class GpuCellManager:
         token: str,
         client_factory: Callable[[str, str], BrokerCalls] = BrokerClient,
         notebook_root: str = "",
+        jobs_factory: Callable[[str, str], JobCalls] = JobsClient,
     ) -> None:
         self.address = address
         self.notebook_root = notebook_root
         self._client = client_factory(address, token)
+        self._jobs = jobs_factory(address, token)
 
     def catalog(self) -> dict[str, Any]:
         """The broker's catalog; each entry also says how many workers are warm and how many could start."""
@@ -90,8 +113,55 @@ class GpuCellManager:
         released = self._call(lambda: self._client.release(session, worker_id=worker_id))
         return {"released": list(released)}
 
+    def submit_job(self, path: str, hardware: str = "", parameters: list[str] | None = None) -> dict[str, Any]:
+        """Submit the notebook at `path` (as the file browser names it) as a detached job on the broker.
+
+        The job is named by the notebook's absolute path and runs in its folder, so relative file
+        reads in the notebook work as they do in Lab; the broker runs on this machine when the server
+        embeds it. The notebook's bytes travel in the request, so a remote broker needs no shared disk.
+        """
+        # nbformat comes with this lazily: the batch module is only needed once someone submits.
+        from gpucell.batch.params import parse_parameters  # noqa: PLC0415
+
+        pairs = [p.strip() for p in parameters or [] if p.strip()]
+        try:
+            parse_parameters(pairs)  # a typo fails here, not in a job that runs for an hour first
+        except ConfigError as exc:
+            raise BadJobRequest(str(exc).replace("-p ", "parameter ", 1)) from None
+        notebook = self.resolve_notebook(path)
+        try:
+            data = notebook.read_bytes()
+        except OSError as exc:
+            raise NotebookNotFound(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            job = self._call(lambda: self._jobs.submit(str(notebook), data, pairs, hardware, 0.0,
+                                                       str(notebook.parent)))
+        except ConfigError as exc:  # unknown hardware label, empty notebook: the request is at fault
+            raise BadJobRequest(str(exc)) from None
+        return self._job_json(job)
+
+    def jobs(self) -> dict[str, Any]:
+        """The broker's jobs, newest first, each with its notebook as Lab names it and its duration so far."""
+        jobs = [self._job_json(job) for job in self._call(self._jobs.list)]
+        jobs.sort(key=lambda job: -float(job["submitted"]))
+        return {"jobs": jobs, "broker": self.address}
+
+    def resolve_notebook(self, path: str) -> Path:
+        """The absolute path of a notebook named relative to the server's root; never outside that root."""
+        root = Path(os.path.abspath(self.notebook_root or os.getcwd()))
+        if not path.endswith(".ipynb"):
+            raise BadJobRequest(f"{path!r} is not a notebook (.ipynb)")
+        # Lab names files with "/" and no leading slash; an absolute or ".." path must still land under root.
+        candidate = Path(os.path.abspath(root / path.lstrip("/")))
+        if os.path.commonpath([root, candidate]) != str(root):
+            raise BadJobRequest(f"{path!r} is outside the server's root")
+        if not candidate.is_file():
+            raise NotebookNotFound(f"no notebook {path!r} under {root}")
+        return candidate
+
     def close(self) -> None:
         self._client.close()
+        self._jobs.close()
 
     def notebook_name(self, session_name: str) -> str:
         """A notebook path as JupyterLab shows it: relative to the server's root when it lies inside it.
@@ -106,6 +176,12 @@ class GpuCellManager:
         if os.path.commonpath([root, path]) != root:
             return session_name
         return Path(os.path.relpath(path, root)).as_posix()
+
+    def _job_json(self, job: dict[str, Any]) -> dict[str, Any]:
+        started, finished = float(job.get("started", 0.0)), float(job.get("finished", 0.0))
+        end = finished or time.time()  # a running job's duration grows until it ends
+        return {**job, "notebook": self.notebook_name(str(job.get("notebook", ""))),
+                "duration_s": max(0.0, end - started) if started else 0.0}
 
     def _session_of(self, worker_id: str) -> str:
         for pool in self._call(self._client.status)["pools"].values():

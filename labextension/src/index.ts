@@ -1,13 +1,16 @@
-// JupyterLab plugin: adds the "GPU cells" panel to the left sidebar.
+// JupyterLab plugin: adds the "GPU cells" panel to the left sidebar and the "Run notebook as batch job" command.
 
 import {
   ILabShell,
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
 
+import { registerBatchCommand } from './batch';
 import { KernelDefaultBridge } from './kernel';
 import { GpuCellSidebar } from './sidebar';
 
@@ -23,16 +26,30 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'Pick hardware for %%gpu cells, watch workers, see what cells cost.',
   autoStart: true,
   requires: [ILabShell, INotebookTracker],
+  optional: [ICommandPalette, IDefaultFileBrowser],
   activate: (
     app: JupyterFrontEnd,
     labShell: ILabShell,
-    tracker: INotebookTracker
+    tracker: INotebookTracker,
+    palette: ICommandPalette | null,
+    browser: IDefaultFileBrowser | null
   ): void => {
     const bridge = new KernelDefaultBridge(tracker);
     const sidebar = new GpuCellSidebar(bridge);
     sidebar.title.icon = gpucellIcon;
     sidebar.title.caption = 'GPU cells';
     labShell.add(sidebar, 'left', { rank: 600 });
+    registerBatchCommand(app, {
+      tracker,
+      browser,
+      palette,
+      icon: gpucellIcon,
+      pickedHardware: () => sidebar.pickedHardware,
+      showJobs: () => {
+        labShell.activateById(sidebar.id);
+        sidebar.showJobs();
+      }
+    });
   }
 };
 

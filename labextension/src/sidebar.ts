@@ -4,9 +4,10 @@ import { Poll } from '@lumino/polling';
 import { Message } from '@lumino/messaging';
 import { Panel } from '@lumino/widgets';
 
+import { JobList } from './batch';
 import { GpuCellAPIError, requestAPI } from './handler';
 import { KernelDefaultBridge } from './kernel';
-import { ICatalog, IReleaseResult, IStatus } from './types';
+import { ICatalog, IJobList, IReleaseResult, IStatus } from './types';
 import {
   BrokerBanner,
   HardwarePicker,
@@ -33,7 +34,8 @@ export class GpuCellSidebar extends Panel {
     this._workers = new WorkerList();
     this._queues = new QueueList();
     this._usage = new UsageView();
-    for (const part of [this._banner, this._picker, this._workers, this._queues, this._usage]) {
+    this._jobs = new JobList();
+    for (const part of [this._banner, this._picker, this._workers, this._queues, this._usage, this._jobs]) {
       this.addWidget(part);
     }
 
@@ -65,6 +67,16 @@ export class GpuCellSidebar extends Panel {
     return this._poll.refresh();
   }
 
+  /** The label the user picked ('' when none); what a new batch job defaults to. */
+  get pickedHardware(): string {
+    return this._picker.selected;
+  }
+
+  /** After a submit: poll now and scroll the Jobs section into view. */
+  showJobs(): void {
+    void this._poll.refresh().then(() => this._jobs.node.scrollIntoView({ block: 'nearest' }));
+  }
+
   dispose(): void {
     if (this.isDisposed) {
       return;
@@ -82,7 +94,10 @@ export class GpuCellSidebar extends Panel {
       void this._poll.refresh();
     }
     window.clearInterval(this._ticker);
-    this._ticker = window.setInterval(() => this._workers.tick(), 1000);
+    this._ticker = window.setInterval(() => {
+      this._workers.tick();
+      this._jobs.tick();
+    }, 1000);
   }
 
   protected onAfterHide(msg: Message): void {
@@ -92,9 +107,15 @@ export class GpuCellSidebar extends Panel {
 
   private async _refresh(): Promise<void> {
     try {
-      const [catalog, status] = await Promise.all([
+      const [catalog, status, jobs] = await Promise.all([
         requestAPI<ICatalog>('catalog'),
-        requestAPI<IStatus>('status')
+        requestAPI<IStatus>('status'),
+        // A failing job list (a broker without the Jobs service) must not blank the rest of the panel.
+        requestAPI<IJobList>('jobs').catch((error: unknown) =>
+          error instanceof GpuCellAPIError && error.brokerUnreachable
+            ? Promise.reject(error)
+            : String(error instanceof Error ? error.message : error)
+        )
       ]);
       this._banner.showConnected(status.broker);
       this._picker.render(catalog);
@@ -105,6 +126,11 @@ export class GpuCellSidebar extends Panel {
       this._workers.render(status, Date.now());
       this._queues.render(status);
       this._usage.render(status);
+      if (typeof jobs === 'string') {
+        this._jobs.showError(`Jobs unavailable: ${jobs}`);
+      } else {
+        this._jobs.render(jobs, Date.now());
+      }
       this.toggleClass('jp-mod-unreachable', false);
     } catch (error) {
       const message =
@@ -137,6 +163,7 @@ export class GpuCellSidebar extends Panel {
   private _workers: WorkerList;
   private _queues: QueueList;
   private _usage: UsageView;
+  private _jobs: JobList;
   private _poll: Poll;
   private _ticker = 0;
 }

@@ -80,3 +80,32 @@ export interface IReleaseResult {
 export interface IErrorBody {
   error: string;
 }
+
+/** One batch job at the broker; state is one of running, succeeded, failed, cancelled, interrupted. */
+export interface IJob {
+  id: string;
+  notebook: string;
+  state: string;
+  hardware: string;
+  submitted: number;
+  started: number;
+  /** Unix time; 0 while running. */
+  finished: number;
+  /** Start to end, or to the moment the server answered while running. */
+  duration_s: number;
+  cost: number;
+  error: string;
+}
+
+/** GET /gpucell/jobs (newest first) */
+export interface IJobList {
+  broker: string;
+  jobs: IJob[];
+}
+
+/** Body of POST /gpucell/jobs; the answer is the new IJob. */
+export interface IJobRequest {
+  path: string;
+  hardware: string;
+  parameters: string[];
+}

@@ -7,7 +7,7 @@ import { ICatalog, IStatus, IWorker } from './types';
 import { IKernelDefault } from './kernel';
 
 /** Create an element with a class, optional test id and text. */
-function el<K extends keyof HTMLElementTagNameMap>(
+export function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   className: string,
   text?: string,

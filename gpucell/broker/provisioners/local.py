@@ -13,6 +13,7 @@ from pathlib import Path
 from gpucell.broker.provisioners import LaunchSpec, Provisioner
 from gpucell.broker.provisioners.forkserver import ForkServer
 from gpucell.config import ENV_WORKER_TOKEN, BrokerConfig
+from gpucell.hardware import GpuAllocator, cuda_visible_devices, nvml_inventory
 
 log = logging.getLogger("gpucell.broker.local")
 
@@ -66,6 +67,7 @@ class LocalProvisioner(Provisioner):
         self._broken: dict[tuple[str, ...], str] = {}
         self._forked: dict[str, ForkServer] = {}
         self._launching: set[str] = set()     # poll() may come while launch() still waits for the template
+        self.gpus = GpuAllocator(nvml_inventory())
 
     def configure(self, config: BrokerConfig) -> None:
         """Broker settings (called by the broker right after construction)."""
@@ -76,9 +78,27 @@ class LocalProvisioner(Provisioner):
     async def launch(self, spec: LaunchSpec) -> None:
         self._launching.add(spec.worker_id)
         try:
+            self._pin_devices(spec)
             await self._launch(spec)
+        except BaseException:
+            self.gpus.free(spec.worker_id)
+            raise
         finally:
             self._launching.discard(spec.worker_id)
+
+    def _pin_devices(self, spec: LaunchSpec) -> None:
+        """A real GPU pool's worker gets its own devices through CUDA_VISIBLE_DEVICES, never shared."""
+        pool = spec.pool
+        if pool.simulate or pool.gpus <= 0 or pool.label.lower() == "cpu":
+            return
+        label = pool.label.split(":", 1)[0]
+        devices = self.gpus.allocate(spec.worker_id, label, pool.gpus)
+        if devices is None:
+            raise RuntimeError(f"no {pool.gpus} free {label} device(s) on this host "
+                               f"({self.gpus.free_count(label)} free)")
+        if devices:
+            spec.env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(devices)
+            spec.env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
 
     async def _launch(self, spec: LaunchSpec) -> None:
         if spec.log_dir:
@@ -170,14 +190,17 @@ class LocalProvisioner(Provisioner):
             reason = server.poll(worker_id)
             if reason is not None:
                 self._forked.pop(worker_id, None)
+                self.gpus.free(worker_id)
             return reason
         proc = self._procs.get(worker_id)
         if proc is None:
+            self.gpus.free(worker_id)
             return "unknown worker"
         code = proc.poll()
         if code is None:
             return None
         self._procs.pop(worker_id, None)
+        self.gpus.free(worker_id)  # the process is gone, so are its CUDA contexts
         if code < 0:
             return f"worker process killed by signal {signal.Signals(-code).name}"
         return f"worker process exited with status {code}"
