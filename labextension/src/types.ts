@@ -31,6 +31,17 @@ export interface IWorker {
   release_in_s: number;
   pid: number;
   node: string;
+  /** The worker's own GPUs (empty for CPU and simulated workers), from its heartbeats. */
+  gpus?: IGpu[];
+}
+
+/** Utilisation (percent) and memory (bytes) of one GPU a worker holds. */
+export interface IGpu {
+  name: string;
+  uuid: string;
+  utilization: number;
+  memory_used: number;
+  memory_total: number;
 }
 
 export interface IPool {

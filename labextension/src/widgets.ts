@@ -186,6 +186,17 @@ export class WorkerList extends Section {
         el('span', 'jp-GpuCell-notebook', notebook, 'gpucell-worker-notebook'),
         el('span', 'jp-GpuCell-idle', '', 'gpucell-worker-idle')
       );
+      for (const gpu of worker.gpus ?? []) {
+        const gib = (bytes: number): string => (bytes / 2 ** 30).toFixed(1);
+        detail.appendChild(
+          el(
+            'span',
+            'jp-GpuCell-gpu',
+            `${gpu.name}: ${gpu.utilization}% · ${gib(gpu.memory_used)}/${gib(gpu.memory_total)} GiB`,
+            'gpucell-worker-gpu'
+          )
+        );
+      }
       row.dataset.idleS = String(worker.idle_s);
       row.dataset.releaseInS = String(worker.release_in_s);
       row.append(head, detail);
