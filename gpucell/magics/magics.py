@@ -11,7 +11,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import HTML, display, publish_display_data
+from IPython.display import display, publish_display_data
 from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import Configurable
 
@@ -154,7 +154,8 @@ class GPUCellMagics(Magics):
         """Pools, workers, queue, and this session's usage and cost."""
         status = self.session.client.status(self.session.session_id)
         if "ipykernel" in sys.modules and getattr(self.shell, "kernel", None) is not None:
-            display(HTML(status_html(status, self.session.session_id)))
+            display({"text/html": status_html(status, self.session.session_id),
+                     "text/plain": status_text(status, self.session.session_id)}, raw=True)
         else:
             print(status_text(status, self.session.session_id))
 
