@@ -238,29 +238,21 @@ def test_node_lost_mid_cell_fails_the_cell_and_a_replacement_serves_the_next(
         pytest.xfail(f"got {str(error)!r}: the broker does not yet ask the provisioner why a stream dropped")
 
 
-def test_concurrent_cells_spread_over_both_nodes(ray_cluster: RayCluster, broker: Cluster) -> None:
-    # gpucell.map is not written yet: two sessions run at once on the `cpu` pool, whose workers
-    # each take a whole CPU, so Ray must put one on each 1-CPU node.
-    sessions = [Session(broker.client()) for _ in range(2)]
-    barrier = threading.Barrier(2, timeout=60)
-    nodes: list[str] = []
-    errors: list[BaseException] = []
+def test_a_map_spreads_over_both_nodes(ray_cluster: RayCluster, broker: Cluster) -> None:
+    # The `cpu` pool's workers each take a whole CPU, so Ray must put one on each 1-CPU node.
+    import gpucell  # noqa: PLC0415 - the public API, as a user imports it
 
-    def one(session: Session) -> None:
-        try:
-            barrier.wait()
-            nodes.append(run(session, WHERE, "cpu")["node"])
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            errors.append(exc)
+    def where(item: int) -> str:
+        import os  # noqa: PLC0415 - runs on the worker
+        import time  # noqa: PLC0415
 
-    threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in sessions]
+        time.sleep(0.3)  # slow items spread over every worker rather than batching onto one
+        return f"{item}@{os.environ['GPUCELL_NODE']}"
+
+    client = broker.client()
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(90)
-        assert not errors, errors
-        assert sorted(nodes) == sorted(node.node_id for node in ray_cluster.nodes.values())
+        results = list(gpucell.map(where, range(8), gpu="cpu", workers=2, client=client))
     finally:
-        for s in sessions:
-            s.client.close()
+        client.close()
+    assert [r.split("@")[0] for r in results] == [str(i) for i in range(8)]  # in order, each once
+    assert {r.split("@")[1] for r in results} == {node.node_id for node in ray_cluster.nodes.values()}
