@@ -124,7 +124,8 @@ def _pool_size(client: BrokerClient, hardware: str) -> int:
     label = (hardware or catalog.get("default_hardware") or "").partition(":")[0].lower()
     for entry in catalog["entries"]:
         if entry["label"].lower() == label and entry["max_workers"]:
-            return int(entry["max_workers"])
+            quota = int(entry.get("max_workers_per_session") or 0)
+            return min(int(entry["max_workers"]), quota) if quota else int(entry["max_workers"])
     return DEFAULT_MAX_WORKERS
 
 
@@ -151,12 +152,15 @@ def make_fanout(fn: Callable[..., Any], mode: str, *, gpu: str | None, workers: 
     task = Task(fn, mode, float(timeout or 0.0))
     serialize.pack(getattr(fn, "__name__", "fn"), task)   # unpicklable closure: a clear error before anything starts
     hardware = Session(client).check_hardware(_default_hardware(gpu))
-    count = workers or _pool_size(client, hardware)
+    count = min(workers, _pool_size(client, hardware)) if workers else _pool_size(client, hardware)
     show = progress if progress is not None else (_in_notebook() or sys.stderr.isatty())
     name = getattr(fn, "__name__", "fn")
+    magics = _notebook_magics()
+    # A notebook's maps count against its own quota; a map outside a notebook is its own owner.
+    owner = magics.session.session_id if magics is not None else ""
     options = FanoutOptions(hardware=hardware, workers=count, retries=retries, ordered=ordered,
                             return_exceptions=return_exceptions, progress=show, label_items=label_items,
-                            description=description or f"{name} on {hardware or 'default'}")
+                            description=description or f"{name} on {hardware or 'default'}", owner=owner)
     return Fanout(client, task, options, sink or (_NotebookSink() if _in_notebook() else StreamSink()))
 
 

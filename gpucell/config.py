@@ -35,6 +35,7 @@ class PoolConfig:
     price_per_hour: float = 0.0
     provisioner: str = "local"      # entry point name in the gpucell.provisioners group
     preload: list[str] = field(default_factory=list)   # modules the fork server imports up front
+    max_workers_per_session: int = 0  # quota: workers one notebook (with its maps) may hold here; 0: none
     gpus: int = 1                   # devices per worker for a real GPU pool (A100:2 → 2); ignored when simulated
     memory_limit_mb: int = 0        # a worker above this RSS is stopped and its cell says why (0: none)
     options: dict[str, Any] = field(default_factory=dict)  # provisioner-specific (e.g. Ray address)

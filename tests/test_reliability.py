@@ -252,3 +252,36 @@ def test_broker_dies_workers_follow(tmp_path: Path) -> None:
         client.close()
     finally:
         broker.stop()
+
+
+# ---------------------------------------------------------------- quotas
+
+
+def test_per_session_quota_is_a_clear_error_and_maps_stay_within_it(tmp_path: Path) -> None:
+    import gpucell
+
+    pools = "[pools.T4]\nsimulate = true\nmax_workers = 4\nmax_workers_per_session = 2\n"
+    with make_cluster(tmp_path, pools) as cluster:
+        client = cluster.client()
+        sessions = [Session(client) for _ in range(3)]
+        for session in sessions:
+            session.owner = "notebook-1"  # three fan-out slots of one notebook
+        for session in sessions[:2]:
+            run_on = session.run_cell("x = 1\n", {}, CellOptions(hardware="T4"), RecordingSink())
+            assert run_on.finished.ok
+        ns: dict[str, object] = {"keep": 1}
+        with pytest.raises(ConfigError, match=r"quota: this notebook already holds 2 T4 worker") as info:
+            sessions[2].run_cell("keep = 2\n", ns, CellOptions(hardware="T4"), RecordingSink())
+        assert "\n" not in str(info.value) and ns == {"keep": 1}
+        for session in sessions[:2]:
+            session.release()
+        wait_for(lambda: not cluster.status()["pools"]["T4"]["workers"], 15, what="the release")
+
+        def worker_of(item: int) -> str:
+            import os
+
+            return os.environ["GPUCELL_WORKER_ID"]
+
+        used = set(gpucell.map(worker_of, range(12), gpu="T4", workers=4, client=client))
+        assert 1 <= len(used) <= 2  # asked for 4, the quota allows 2: the map runs within it
+        client.close()

@@ -20,6 +20,7 @@ class PoolLimits:
     min_warm: int = 0
     max_workers: int = 4
     idle_timeout: float = 300.0
+    per_session: int = 0           # most workers one owner (a notebook and its maps) may hold; 0: no quota
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Worker:
     assigned_at: float | None = None
     cell: str | None = None
     cells_run: int = 0
+    owner: str = ""                # the notebook session it works for (a map's workers share their notebook's)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class PendingCell:
     fresh: bool = False
     idle_timeout: float | None = None
     position: int = 0              # last queue position reported (0: none)
+    owner: str = ""
 
 
 # ---------------------------------------------------------------- events
@@ -57,6 +60,7 @@ class CellSubmitted:
     now: float
     fresh: bool = False
     idle_timeout: float | None = None
+    owner: str = ""                # empty: the session itself
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,8 @@ class Scheduler:
             if event.pool not in self.pools:
                 return [FailCell(event.cell_id, f"no pool serves {event.pool!r}", "rejected")]
             self.queues[event.pool].append(PendingCell(event.cell_id, event.session, event.pool,
-                                                       event.now, event.fresh, event.idle_timeout))
+                                                       event.now, event.fresh, event.idle_timeout,
+                                                       owner=event.owner or event.session))
             self._pump(event.pool, event.now, out)
         elif isinstance(event, CellFinished):
             self._finish_cell(event.cell_id, event.now, out)
@@ -305,6 +310,10 @@ class Scheduler:
     def _pool_size(self, pool: str) -> int:
         return sum(1 for w in self.workers.values() if w.pool == pool)
 
+    def _held_by(self, owner: str, pool: str) -> int:
+        return sum(1 for w in self.workers.values()
+                   if w.pool == pool and w.owner == owner and w.state is not WorkerState.RELEASING)
+
     def _launch(self, pool: str, session: str | None, now: float, out: list[Instruction]) -> Worker:
         # A cell's --idle applies when it is dispatched (_dispatch), not to a launch it may never use.
         worker = Worker(self._new_worker_id(pool), pool, WorkerState.STARTING, None, now,
@@ -350,10 +359,19 @@ class Scheduler:
                     queue.remove(cell)
                     self._dispatch(cell, worker, now, out)
                 continue
+            if limits.per_session and self._held_by(cell.owner, pool) >= limits.per_session:
+                queue.remove(cell)
+                self.cold_cells.discard(cell.cell_id)
+                out.append(FailCell(cell.cell_id, f"quota: this notebook already holds {limits.per_session} {pool} "
+                                    f"worker(s), the most pool {pool} allows one session "
+                                    f"(max_workers_per_session); release one or wait for it to idle out",
+                                    "rejected"))
+                continue
             reserve = next((w for w in self.workers.values() if w.pool == pool and w.session is None
                             and w.state in (WorkerState.IDLE, WorkerState.STARTING)), None)
             if reserve is not None:
                 cell.position = 0
+                reserve.owner = cell.owner
                 self._assign(reserve, cell.session, now, out)
                 if reserve.state is WorkerState.IDLE:
                     queue.remove(cell)
@@ -365,6 +383,7 @@ class Scheduler:
             if self._pool_size(pool) < limits.max_workers:
                 cell.position = 0
                 started = self._launch(pool, cell.session, now, out)
+                started.owner = cell.owner
                 self.cold_cells.add(cell.cell_id)
                 out.append(WorkerStarting(cell.cell_id, started.id, pool))
                 continue

@@ -106,7 +106,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.worker_token = worker_token
         self.address = ""
         self.scheduler = sch.Scheduler({
-            label: sch.PoolLimits(p.min_warm, p.max_workers, p.idle_timeout) for label, p in config.pools.items()})
+            label: sch.PoolLimits(p.min_warm, p.max_workers, p.idle_timeout, p.max_workers_per_session)
+            for label, p in config.pools.items()})
         self.cells: dict[str, CellRun] = {}
         self.conns: dict[str, WorkerConn] = {}
         self.launches: dict[str, LaunchRecord] = {}
@@ -211,7 +212,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             run.push(pb.CellEvent(cell_id=request.cell_id, time=time.time(), notice=pb.Notice(text=notice)))
         self.apply(self.scheduler.handle(sch.CellSubmitted(
             request.cell_id, request.session_id, pool, now, fresh=request.options.fresh,
-            idle_timeout=request.options.idle_s or None)))
+            idle_timeout=request.options.idle_s or None, owner=request.owner)))
         async for event in self._follow(run, 0):
             yield event
 
@@ -269,7 +270,9 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
     async def CatalogGet(self, request: pb.CatalogGetRequest, context: aio.ServicerContext) -> pb.CatalogGetResponse:
         await self._check_or_abort(context)
         entries = [pb.CatalogEntry(label=label, price_per_hour=p.price_per_hour, max_workers=p.max_workers,
-                                   simulate=p.simulate, served_by=label) for label, p in self.config.pools.items()]
+                                   simulate=p.simulate, served_by=label,
+                                   max_workers_per_session=p.max_workers_per_session)
+                   for label, p in self.config.pools.items()]
         return pb.CatalogGetResponse(entries=entries, default_hardware=self.config.default_hardware,
                                      known_labels=self.known_labels())
 

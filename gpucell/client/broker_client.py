@@ -128,7 +128,8 @@ class BrokerClient:
     def catalog(self) -> dict[str, Any]:
         response = self.catalog_pb()
         return {"entries": [{"label": e.label, "price_per_hour": e.price_per_hour, "max_workers": e.max_workers,
-                             "simulate": e.simulate, "served_by": e.served_by} for e in response.entries],
+                             "simulate": e.simulate, "served_by": e.served_by,
+                             "max_workers_per_session": e.max_workers_per_session} for e in response.entries],
                 "default_hardware": response.default_hardware, "known_labels": list(response.known_labels)}
 
     def status_pb(self, session_id: str | None = None) -> pb.StatusGetResponse:

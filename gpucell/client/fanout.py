@@ -69,6 +69,7 @@ class FanoutOptions:
     description: str = "gpucell.map"
     label_items: bool = True     # name the item in the error (a map), or not (a single .remote call)
     env: dict[str, str] = field(default_factory=dict)
+    owner: str = ""              # the notebook session the map's workers count against (quotas)
 
 
 class StreamSink:
@@ -101,12 +102,14 @@ class _Batch:
 class _Slot:
     """One fan-out worker: its own session id, so the broker gives it its own fresh worker."""
 
-    def __init__(self, number: int, client: BrokerClient, session_name: str) -> None:
+    def __init__(self, number: int, client: BrokerClient, session_name: str, owner: str = "") -> None:
         self.number = number
         self.session_id = uuid.uuid4().hex
         # One Session object per runner thread (same session id): a Session keeps per-request state.
         self.sessions = [Session(client, session_id=self.session_id, session_name=session_name)
                          for _ in range(DEPTH)]
+        for session in self.sessions:
+            session.owner = owner
         self.ready = threading.Event()
         self.queued = False
         self.per_item_s: float | None = None
@@ -122,6 +125,8 @@ class Fanout:
         self.client = client
         self.task = task
         self.options = options
+        if not options.owner:
+            options.owner = uuid.uuid4().hex  # outside a notebook, a map's workers count together
         self.sink: OutputSink = sink or StreamSink()
         self._cv = threading.Condition()
         self._slots: list[_Slot] = []
@@ -199,7 +204,7 @@ class Fanout:
             from tqdm.auto import tqdm  # noqa: PLC0415 - tqdm.auto picks widget vs text at first use
             self._bar = tqdm(total=self._total, desc=self.options.description, unit="item", leave=True)
         for number in range(count):
-            slot = _Slot(number, self.client, f"map {name} [{number + 1}/{count}]")
+            slot = _Slot(number, self.client, f"map {name} [{number + 1}/{count}]", self.options.owner)
             self._slots.append(slot)
             for lane in range(DEPTH):
                 thread = threading.Thread(target=self._runner, args=(slot, lane), daemon=True,

@@ -69,6 +69,7 @@ class Session:
         self.session_id = session_id or uuid.uuid4().hex
         self.session_name = session_name
         self.default_hardware = ""
+        self.owner = ""          # set on a fan-out slot: the notebook session it works for (quotas)
         self.refs: dict[str, RemoteRef] = {}
         self.workers: dict[str, str] = {}      # pool -> the worker that holds this session's state
         self._known_labels: list[str] | None = None
@@ -108,7 +109,7 @@ class Session:
         hardware = self.check_hardware(options.hardware or self.default_hardware)
         request = pb.CellExecuteRequest(
             session_id=self.session_id, cell_id=uuid.uuid4().hex, hardware=hardware, source=source,
-            execution_count=execution_count, session_name=self.session_name,
+            execution_count=execution_count, session_name=self.session_name, owner=self.owner,
             assigns=[n for n in names.assigns if n not in skip], deletes=list(names.deletes),
             options=pb.CellOptions(timeout_s=options.timeout_s, idle_s=options.idle_s, fresh=options.fresh,
                                    env=options.env, pull=options.pull, keep=options.keep, retries=options.retries,

@@ -78,7 +78,7 @@ class CellOptions(_message.Message):
     def __init__(self, timeout_s: _Optional[float] = ..., idle_s: _Optional[float] = ..., fresh: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., pull: _Optional[_Iterable[str]] = ..., keep: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., strict: _Optional[bool] = ..., return_limit: _Optional[int] = ...) -> None: ...
 
 class CellExecuteRequest(_message.Message):
-    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name")
+    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name", "owner")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class CellExecuteRequest(_message.Message):
     EXECUTION_COUNT_FIELD_NUMBER: _ClassVar[int]
     DELETES_FIELD_NUMBER: _ClassVar[int]
     SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     cell_id: str
     hardware: str
@@ -105,7 +106,8 @@ class CellExecuteRequest(_message.Message):
     execution_count: int
     deletes: _containers.RepeatedScalarFieldContainer[str]
     session_name: str
-    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class CellEvent(_message.Message):
     __slots__ = ("cell_id", "time", "seq", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer")
@@ -351,18 +353,20 @@ class CatalogGetRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CatalogEntry(_message.Message):
-    __slots__ = ("label", "price_per_hour", "max_workers", "simulate", "served_by")
+    __slots__ = ("label", "price_per_hour", "max_workers", "simulate", "served_by", "max_workers_per_session")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     PRICE_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
     MAX_WORKERS_FIELD_NUMBER: _ClassVar[int]
     SIMULATE_FIELD_NUMBER: _ClassVar[int]
     SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORKERS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
     label: str
     price_per_hour: float
     max_workers: int
     simulate: bool
     served_by: str
-    def __init__(self, label: _Optional[str] = ..., price_per_hour: _Optional[float] = ..., max_workers: _Optional[int] = ..., simulate: _Optional[bool] = ..., served_by: _Optional[str] = ...) -> None: ...
+    max_workers_per_session: int
+    def __init__(self, label: _Optional[str] = ..., price_per_hour: _Optional[float] = ..., max_workers: _Optional[int] = ..., simulate: _Optional[bool] = ..., served_by: _Optional[str] = ..., max_workers_per_session: _Optional[int] = ...) -> None: ...
 
 class CatalogGetResponse(_message.Message):
     __slots__ = ("entries", "default_hardware", "known_labels")
