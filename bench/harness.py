@@ -35,6 +35,8 @@ MAIN_METRICS: list[tuple[str, str]] = [
     ("return_100mb_s", ""),
     ("stream_latency_ms", ""),
     ("broker_rss_mb", ""),
+    ("broker_rss_mb", "load"),
+    ("dispatch_p99_ms", "load"),
     ("idle_release_error_s", ""),
 ]
 METRIC_NAMES = sorted({m for m, _ in MAIN_METRICS})
@@ -42,7 +44,7 @@ METRIC_NAMES = sorted({m for m, _ in MAIN_METRICS})
 UNITS = {
     "cold_start_ms": "ms", "warm_rtt_ms": "ms", "map_tasks_per_s": "items/s",
     "send_100mb_s": "s", "send_1gb_s": "s", "resend_1gb_cached_s": "s", "return_100mb_s": "s",
-    "stream_latency_ms": "ms", "broker_rss_mb": "MB", "idle_release_error_s": "s",
+    "stream_latency_ms": "ms", "broker_rss_mb": "MB", "idle_release_error_s": "s", "dispatch_p99_ms": "ms",
     "python_start_ms": "ms", "fork_ready_ms": "ms", "grpc_unary_rtt_ms": "ms",
     "grpc_stream_gb_per_s": "GB/s", "tcp_loopback_gb_per_s": "GB/s", "memcpy_1gb_s": "s",
     "memtouch_1gb_s": "s",
@@ -67,6 +69,8 @@ class Profile:
     return_bytes: int = 100 * MB
     stream_n: int = 20
     sessions_n: int = 1_000
+    load_sessions: int = 200       # dispatch_p99_ms under load: concurrent sessions x trivial cells each
+    load_cells: int = 20
     idle_timeout_s: float = 2.0
     agent_timeout_s: float = 900.0  # one system, one round
     baseline_bytes: int = 1 * GB
@@ -87,7 +91,7 @@ QUICK = replace(FULL, name="quick", rounds=2, rtt_n=100, cold_n=3, map_trivial_n
                 stream_n=10, sessions_n=1_000, agent_timeout_s=480.0)
 SMOKE = replace(FULL, name="smoke", rounds=1, rtt_warmup=3, rtt_n=10, cold_n=2, map_trivial_n=50,
                 map_slow_n=10, send_small=MB, send_big=4 * MB, return_bytes=MB, stream_n=3,
-                sessions_n=20, idle_timeout_s=1.0, agent_timeout_s=40.0, baseline_bytes=16 * MB,
+                sessions_n=20, load_sessions=10, load_cells=3, idle_timeout_s=1.0, agent_timeout_s=40.0, baseline_bytes=16 * MB,
                 tcp_bytes=16 * MB)
 PROFILES = {p.name: p for p in (FULL, QUICK, SMOKE)}
 

@@ -203,5 +203,9 @@ class System:
     def m_broker_rss_mb(self) -> Iterator[Sample]:
         yield self.unsupported("broker_rss_mb", "no broker with per-notebook sessions to compare")
 
+    def m_dispatch_p99_ms(self) -> Iterator[Sample]:
+        yield self.unsupported("dispatch_p99_ms", "no broker dispatching notebook sessions' cells", "load")
+        yield self.unsupported("broker_rss_mb", "no broker with per-notebook sessions to compare", "load")
+
     def m_idle_release_error_s(self) -> Iterator[Sample]:
         yield self.unsupported("idle_release_error_s", "no per-session idle release of workers")
