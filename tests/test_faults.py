@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from conftest import Cluster, pid_alive, wait_for
+from conftest import Cluster, RecordingSink, pid_alive, wait_for
 from gpucell.api import make_fanout
 from gpucell.client import BrokerClient
 from gpucell.config import ENV_CONFIG, ENV_TOKEN, ENV_WORKER_TOKEN
-from gpucell.errors import RemoteError
+from gpucell.client.session import CellOptions, Session
+from gpucell.errors import GpucellError, RemoteError
 
 CPU_POOL = "[pools.cpu]\nsimulate = true\nmax_workers = 2\nidle_timeout = 300\n"
 
@@ -230,3 +231,37 @@ def test_a_broker_that_stays_down_stops_the_map_with_a_clear_error(tmp_path: Pat
         broker.stop()
         for pid in pids:
             wait_for(lambda pid=pid: not pid_alive(pid), 20, what=f"worker {pid} to exit")
+
+
+def test_a_hand_started_worker_redials_a_restarted_broker(tmp_path: Path) -> None:
+    broker = BrokerProcess(tmp_path, "[pools.cpu]\nsimulate = true\nmax_workers = 1\nidle_timeout = 300\n")
+    address = broker.start()
+    env = {**os.environ, ENV_WORKER_TOKEN: "worker-token-for-test"}
+    env.pop(ENV_TOKEN, None)
+    worker = subprocess.Popen([sys.executable, "-m", "gpucell.remote_kernel", "--broker", address, "--hardware", "cpu",
+                               "--worker-id", "by-hand"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def registered() -> bool:
+            client = BrokerClient(broker.address, broker.token)
+            try:
+                return any(w["id"] == "by-hand" for w in client.status()["pools"]["cpu"]["workers"])
+            except GpucellError:
+                return False
+            finally:
+                client.close()
+
+        wait_for(registered, 60, what="the hand-started worker to register")
+        broker.kill()
+        assert worker.poll() is None  # not a child of the broker: it outlives it and redials
+        broker.start()                # same port, same state dir
+        wait_for(registered, 60, what="the worker to register with the restarted broker")
+        client = BrokerClient(broker.address, broker.token)
+        ns: dict[str, Any] = {}
+        report = Session(client).run_cell("import os\nwho = os.environ.get('GPUCELL_WORKER_ID', '')\n", ns,
+                                          CellOptions(hardware="cpu"), RecordingSink())
+        assert report.worker_id == "by-hand"
+        client.close()
+    finally:
+        worker.terminate()
+        worker.wait(20)
+        broker.stop()

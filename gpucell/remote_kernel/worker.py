@@ -84,6 +84,9 @@ class Worker:
         self.interruptible = False
         self.shell: WorkerShell = make_shell(self)
         self._stop = threading.Event()
+        self._refused = False        # the broker turned our token away
+        self._terminating = False    # SIGTERM
+        self.served = False          # ran a cell: holds a session's state
         self.devices: list[hardware.GpuDevice] = []
 
     # ------------------------------------------------------------ Emitter (called from user code)
@@ -102,18 +105,18 @@ class Worker:
 
     # ------------------------------------------------------------ connection
 
-    def _requests(self) -> Iterator[pb.WorkerMessage]:
+    def _requests(self, outbox: queue.Queue[pb.WorkerMessage | None]) -> Iterator[pb.WorkerMessage]:
         """Outgoing messages; consecutive stream chunks of one cell are merged when they pile up."""
         pending: pb.WorkerMessage | None = None
         while True:
-            msg = pending if pending is not None else self.outbox.get()
+            msg = pending if pending is not None else outbox.get()
             pending = None
             if msg is None:
                 return
             if msg.WhichOneof("kind") == "event" and msg.event.WhichOneof("kind") == "stream":
                 while True:
                     try:
-                        nxt = self.outbox.get_nowait()
+                        nxt = outbox.get_nowait()
                     except queue.Empty:
                         break
                     if (nxt is not None and nxt.WhichOneof("kind") == "event"
@@ -128,17 +131,19 @@ class Worker:
             if pending is None and msg is None:
                 return
 
-    def _read(self, responses: Iterator[pb.WorkerInstruction]) -> None:
+    def _read(self, responses: Iterator[pb.WorkerInstruction],
+              inbox: queue.Queue[pb.WorkerInstruction | None]) -> None:
         try:
             for instruction in responses:
                 if instruction.WhichOneof("kind") == "cancel":
                     self._cancel(instruction.cancel.cell_id)
                 else:
-                    self.inbox.put(instruction)
-        except grpc.RpcError:
-            pass
+                    inbox.put(instruction)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                self._refused = True  # a wrong token does not get better by retrying
         finally:
-            self.inbox.put(None)
+            inbox.put(None)
 
     def _heartbeat(self) -> None:
         uuids = [d.uuid for d in self.devices]
@@ -159,34 +164,65 @@ class Worker:
         if self.interruptible:
             raise KeyboardInterrupt
 
+    def _terminate(self, *_: Any) -> None:
+        self._terminating = True
+        self.inbox.put(None)
+
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_sigint)
-        signal.signal(signal.SIGTERM, lambda *_: self.inbox.put(None))
+        signal.signal(signal.SIGTERM, self._terminate)
         sys.stdout = CellStream("stdout", self.stream)
         sys.stderr = CellStream("stderr", self.stream)
         devices = self.devices = hardware.visible_devices(hardware.nvml_inventory())
         gpus = [pb.GpuInfo(name=d.name, uuid=d.uuid, memory_total=d.memory_total, label=d.label) for d in devices]
-        self.outbox.put(pb.WorkerMessage(register=pb.WorkerRegister(
+        register = pb.WorkerMessage(register=pb.WorkerRegister(
             worker_id=self.worker_id, hardware=self.hardware, pid=os.getpid(),
-            node=os.environ.get("GPUCELL_NODE", socket.gethostname()), versions=versions(), gpus=gpus)))
+            node=os.environ.get("GPUCELL_NODE", socket.gethostname()), versions=versions(), gpus=gpus))
+        threading.Thread(target=self._heartbeat, daemon=True, name="gpucell-heartbeat").start()
+        # A worker that never served a session redials a restarted broker (with backoff, for a while);
+        # one that did holds a session's state that no new broker knows, so it ends instead.
+        window = float(os.environ.get("GPUCELL_WORKER_RECONNECT_S", "60"))
+        deadline = 0.0
+        backoff = 0.2
+        try:
+            while True:
+                began = time.monotonic()
+                if self._connection(register) == "shutdown" or self._refused or self._terminating or self.served:
+                    return 0
+                if time.monotonic() - began > 5.0:
+                    deadline, backoff = 0.0, 0.2   # it was up: a new outage gets a new window
+                deadline = deadline or time.monotonic() + window
+                if time.monotonic() + backoff > deadline:
+                    return 0
+                if self._stop.wait(backoff):  # backoff between redials, not synchronisation
+                    return 0
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            self._stop.set()
+
+    def _connection(self, register: pb.WorkerMessage) -> str:
+        """One stream to the broker: "shutdown" when told to stop, "lost" when the stream ended."""
+        self.outbox = outbox = queue.Queue()
+        outbox.put(register)
+        self.inbox = inbox = queue.Queue()
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         channel = open_channel(self.broker, options)
         stub = pb_grpc.WorkerHubStub(channel)
-        responses = stub.WorkerConnect(self._requests(), metadata=(("authorization", f"Bearer {self.token}"),))
-        threading.Thread(target=self._read, args=(responses,), daemon=True, name="gpucell-reader").start()
-        threading.Thread(target=self._heartbeat, daemon=True, name="gpucell-heartbeat").start()
+        responses = stub.WorkerConnect(self._requests(outbox), metadata=(("authorization", f"Bearer {self.token}"),))
+        threading.Thread(target=self._read, args=(responses, inbox), daemon=True, name="gpucell-reader").start()
         try:
             while True:
-                instruction = self.inbox.get()
-                if instruction is None or instruction.WhichOneof("kind") == "shutdown":
-                    break
+                instruction = inbox.get()
+                if instruction is None:
+                    return "shutdown" if self._terminating else "lost"
+                if instruction.WhichOneof("kind") == "shutdown":
+                    return "shutdown"
                 if instruction.WhichOneof("kind") == "execute":
+                    self.served = True
                     self.execute(instruction.execute)
         finally:
-            self._stop.set()
-            self.outbox.put(None)
+            outbox.put(None)
             channel.close()
-        return 0
 
     # ------------------------------------------------------------ cells
 
