@@ -53,6 +53,7 @@ class BrokerConfig:
     heartbeat_timeout: float = 5.0
     worker_start_timeout: float = 120.0
     max_message_mb: int = 1024
+    max_blob_mb: int = 0
     fork_server: bool = True
     state_dir: str = ""             # worker logs, journal; "" = a fresh temp dir
     tls_cert: str = ""
@@ -73,6 +74,7 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "heartbeat_timeout": (5.0, "seconds without a heartbeat before a worker is declared lost"),
     "worker_start_timeout": (120.0, "seconds a worker may take to register"),
     "max_message_mb": (1024, "largest gRPC message accepted"),
+    "max_blob_mb": (0, "largest single value a cell may send to a worker; 0: no limit"),
     "fork_server": (True, "start local workers by forking a warm template process"),
     "state_dir": ("", "where worker logs and the journal go; empty: a temp dir"),
     "tls_cert": ("", "PEM certificate for the broker's port (required for a non-loopback host)"),

@@ -21,7 +21,8 @@ from gpucell.broker.server import BrokerThread
 from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, Session
 from gpucell.config import load_config
-from gpucell.errors import AuthenticationError, BrokerUnavailableError, ConfigError, WorkerLostError
+from gpucell.errors import (AuthenticationError, BrokerUnavailableError, ConfigError, SerializationError,
+                            WorkerLostError)
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 
@@ -285,3 +286,17 @@ def test_per_session_quota_is_a_clear_error_and_maps_stay_within_it(tmp_path: Pa
         used = set(gpucell.map(worker_of, range(12), gpu="T4", workers=4, client=client))
         assert 1 <= len(used) <= 2  # asked for 4, the quota allows 2: the map runs within it
         client.close()
+
+
+def test_a_value_over_the_blob_limit_is_refused_before_sending(tmp_path: Path) -> None:
+    import numpy as np
+
+    with make_cluster(tmp_path, CPU, broker="max_blob_mb = 1") as cluster:
+        session = Session(cluster.client())
+        ns: dict[str, object] = {"big": np.ones(500_000), "small": 2}
+        with pytest.raises(SerializationError, match=r"cannot send 'big' \(numpy.ndarray, 4.0 MB\).*1 MB per value"):
+            session.run_cell("y = big.sum() + small\n", ns, CellOptions(hardware="cpu"), RecordingSink())
+        assert "y" not in ns
+        assert not cluster.status()["pools"]["cpu"]["workers"]  # nothing ran remotely
+        report = session.run_cell("y = small * 2\n", ns, CellOptions(hardware="cpu"), RecordingSink())
+        assert report.finished.ok and ns["y"] == 4

@@ -274,7 +274,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                                    max_workers_per_session=p.max_workers_per_session)
                    for label, p in self.config.pools.items()]
         return pb.CatalogGetResponse(entries=entries, default_hardware=self.config.default_hardware,
-                                     known_labels=self.known_labels())
+                                     known_labels=self.known_labels(),
+                                     max_blob_bytes=self.config.max_blob_mb * 1_000_000)
 
     async def WorkerRelease(self, request: pb.WorkerReleaseRequest,
                             context: aio.ServicerContext) -> pb.WorkerReleaseResponse:
@@ -451,7 +452,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         pool = self.config.pools[pool_label]
         provisioner = self.provisioners[pool.provisioner]
         self.launches[worker_id] = LaunchRecord(pool_label, time.monotonic(), provisioner)
-        env = {}
+        env = {"GPUCELL_MAX_BLOB_MB": str(self.config.max_blob_mb)}
         if self.config.tls_cert and ENV_TLS_CA not in os.environ:
             env[ENV_TLS_CA] = self.config.tls_cert  # a self-signed certificate is its own CA
         spec = LaunchSpec(worker_id, pool, self.worker_address(), self.worker_token, env=env, log_dir=self.log_dir)

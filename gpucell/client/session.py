@@ -69,7 +69,8 @@ class Session:
         self.session_id = session_id or uuid.uuid4().hex
         self.session_name = session_name
         self.default_hardware = ""
-        self.owner = ""          # set on a fan-out slot: the notebook session it works for (quotas)
+        self.owner = ""
+        self.max_blob_bytes = 0  # from the catalog: the broker's per-value limit (0: none)          # set on a fan-out slot: the notebook session it works for (quotas)
         self.refs: dict[str, RemoteRef] = {}
         self.workers: dict[str, str] = {}      # pool -> the worker that holds this session's state
         self._known_labels: list[str] | None = None
@@ -84,7 +85,9 @@ class Session:
 
     def known_labels(self) -> list[str]:
         if self._known_labels is None:
-            self._known_labels = list(self.client.catalog_pb().known_labels)
+            catalog = self.client.catalog_pb()
+            self._known_labels = list(catalog.known_labels)
+            self.max_blob_bytes = catalog.max_blob_bytes
         return self._known_labels
 
     def check_hardware(self, hardware: str) -> str:
@@ -130,6 +133,10 @@ class Session:
                 request.imports.append(statement)
                 continue
             packed = serialize.pack(name, value)
+            if self.max_blob_bytes and packed.size > self.max_blob_bytes:
+                raise SerializationError(f"cannot send {name!r} ({packed.type_name}, {packed.size / 1e6:.1f} MB): "
+                                         f"larger than the broker's limit of {self.max_blob_bytes / 1e6:g} MB "
+                                         "per value (max_blob_mb)")
             self._check_versions(name, value, hardware)
             request.inputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
                                                 size=packed.size))

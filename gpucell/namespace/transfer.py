@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import secrets
 import socket
 import struct
@@ -70,8 +71,9 @@ def send_frames(sock: socket.socket, values: Iterable[Packed]) -> int:
     return sent
 
 
-def recv_frames(sock: socket.socket) -> list[tuple[str, str, bytes, list[Any]]]:
-    """(hash, type_name, pickle, buffers) for each frame until the end marker."""
+def recv_frames(sock: socket.socket, max_bytes: int = 0) -> list[tuple[str, str, bytes, list[Any]]]:
+    """(hash, type_name, pickle, buffers) for each frame until the end marker; a frame over max_bytes
+    is refused before anything is allocated for it."""
     out = []
     while True:
         (size,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
@@ -79,6 +81,8 @@ def recv_frames(sock: socket.socket) -> list[tuple[str, str, bytes, list[Any]]]:
             return out
         head = json.loads(bytes(_recv_exact(sock, size)))
         sizes = head["sizes"]
+        if max_bytes and sum(sizes) > max_bytes:
+            raise ValueError(f"a value of {sum(sizes)} bytes is over this worker's limit of {max_bytes}")
         header = bytes(_recv_exact(sock, sizes[0]))
         buffers = [_recv_exact(sock, n) for n in sizes[1:]]
         out.append((head["hash"], head.get("type_name", ""), header, buffers))
@@ -89,6 +93,7 @@ class DataServer:
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.ticket = secrets.token_urlsafe(18)
+        self.max_bytes = int(float(os.environ.get("GPUCELL_MAX_BLOB_MB", "0") or 0) * 1_000_000)
         self._sock = socket.create_server((host, 0))
         self.address = f"{host}:{self._sock.getsockname()[1]}"
         self.received: dict[str, tuple[bytes, list[Any]]] = {}
@@ -113,7 +118,7 @@ class DataServer:
                     conn.sendall(b"DENIED\n")
                     return
                 if verb == "PUT":
-                    frames = recv_frames(conn)
+                    frames = recv_frames(conn, self.max_bytes)
                     with self.changed:
                         for digest, _type, header, buffers in frames:
                             self.received[digest] = (header, buffers)

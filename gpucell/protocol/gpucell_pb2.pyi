@@ -369,14 +369,16 @@ class CatalogEntry(_message.Message):
     def __init__(self, label: _Optional[str] = ..., price_per_hour: _Optional[float] = ..., max_workers: _Optional[int] = ..., simulate: _Optional[bool] = ..., served_by: _Optional[str] = ..., max_workers_per_session: _Optional[int] = ...) -> None: ...
 
 class CatalogGetResponse(_message.Message):
-    __slots__ = ("entries", "default_hardware", "known_labels")
+    __slots__ = ("entries", "default_hardware", "known_labels", "max_blob_bytes")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_HARDWARE_FIELD_NUMBER: _ClassVar[int]
     KNOWN_LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[CatalogEntry]
     default_hardware: str
     known_labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, entries: _Optional[_Iterable[_Union[CatalogEntry, _Mapping]]] = ..., default_hardware: _Optional[str] = ..., known_labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_blob_bytes: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[CatalogEntry, _Mapping]]] = ..., default_hardware: _Optional[str] = ..., known_labels: _Optional[_Iterable[str]] = ..., max_blob_bytes: _Optional[int] = ...) -> None: ...
 
 class WorkerReleaseRequest(_message.Message):
     __slots__ = ("session_id", "hardware", "worker_id")
