@@ -232,10 +232,8 @@ def test_node_lost_mid_cell_fails_the_cell_and_a_replacement_serves_the_next(
         assert run(session, WHERE, "T4")["node"] == new_node
     finally:
         session.client.close()
-    if "worker lost: node died" not in str(error):
-        # The worker process dies with its node, and the broker reports its dropped stream
-        # ("worker disconnected") before it asks the provisioner, which knows the node died.
-        pytest.xfail(f"got {str(error)!r}: the broker does not yet ask the provisioner why a stream dropped")
+    # The dropped stream alone would say "worker disconnected"; the broker asks the provisioner why first.
+    assert "worker lost: node died" in str(error), str(error)
 
 
 def test_a_map_spreads_over_both_nodes(ray_cluster: RayCluster, broker: Cluster) -> None:

@@ -26,7 +26,7 @@ from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 log = logging.getLogger("gpucell.broker")
 
 TICK_S = 0.1
-DROPPED_REASON_GRACE_S = 2.0
+DROPPED_REASON_GRACE_S = 3.0  # within the 5 s a lost worker's cell may take to fail
 
 
 @dataclass
