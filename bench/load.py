@@ -30,8 +30,8 @@ idle_timeout = 2
 """
 
 
-class _QuietSink:
-    """Trivial cells print nothing; queue positions are not of interest here."""
+class NullSink:
+    """Output of load-generating sessions goes nowhere (trivial cells print nothing anyway)."""
 
     def stream(self, name: str, text: str) -> None:
         pass
@@ -128,7 +128,7 @@ def measure_load(sessions: int = 200, cells: int = 20, max_workers: int = 8, tim
     def one_session(number: int) -> None:
         nonlocal duplicates
         session = Session(client, session_name=f"load-{number}")
-        sink = _QuietSink()
+        sink = NullSink()
         try:
             start_gate.wait()
             for index in range(cells):

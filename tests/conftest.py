@@ -124,9 +124,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
 
 
-@pytest.fixture
-def shell(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    """A real InteractiveShell with `%load_ext gpucell` against the cluster's broker."""
+@contextmanager
+def loaded_shell(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    """A real InteractiveShell with `%load_ext gpucell` against the cluster's broker (unloaded after)."""
     monkeypatch.setenv("GPUCELL_BROKER", cluster.address)
     monkeypatch.setenv("GPUCELL_TOKEN", cluster.token)
     sh = InteractiveShell.instance()
@@ -135,8 +135,14 @@ def shell(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Interac
     try:
         yield sh
     finally:
-        sh.run_line_magic("unload_ext", "gpucell")
+        sh.run_line_magic("unload_ext", "gpucell")  # closes the session: its workers are released
         sh.reset(new_session=False)
+
+
+@pytest.fixture
+def shell(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    with loaded_shell(cluster, monkeypatch) as sh:
+        yield sh
 
 
 class RecordingSink:

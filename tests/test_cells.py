@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import Cluster, RecordingSink, magics_of, wait_for
+from conftest import Cluster, RecordingSink, magics_of, make_cluster, wait_for
 from gpucell import RemoteError, RemoteRef
+from gpucell.client.session import CellOptions, Session
 
 
 def run(sh, line: str, cell: str):  # type: ignore[no-untyped-def]
@@ -117,14 +118,9 @@ def test_env_option_sets_worker_environment(shell) -> None:  # type: ignore[no-u
 
 
 def test_idle_worker_released_and_status_shows_zero(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from conftest import make_cluster
-    from IPython.core.interactiveshell import InteractiveShell
-
     pools = "[pools.cpu]\nsimulate = true\nmax_workers = 2\nidle_timeout = 1.0\n"
     with make_cluster(tmp_path, pools) as cluster:
         client = cluster.client()
-        from gpucell.client.session import CellOptions, Session
-
         session = Session(client)
         session.run_cell("x = 1\n", {}, CellOptions(hardware="cpu"), RecordingSink())
         assert len(cluster.status()["pools"]["cpu"]["workers"]) == 1
@@ -137,4 +133,3 @@ def test_idle_worker_released_and_status_shows_zero(tmp_path) -> None:  # type: 
         usage = cluster.status()["usage"]["sessions"]
         assert usage and usage[0]["worker_seconds"] > 0
         client.close()
-        del InteractiveShell

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from conftest import Cluster, RecordingSink, magics_of, make_cluster, pid_alive, wait_for
+from conftest import Cluster, RecordingSink, loaded_shell, magics_of, make_cluster, pid_alive, wait_for
 from gpucell.broker.embedded import start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, CellReport, Session
@@ -56,17 +56,9 @@ def pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture
 def psh(pools: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("GPUCELL_BROKER", pools.address)
-    monkeypatch.setenv("GPUCELL_TOKEN", pools.token)
-    sh = InteractiveShell.instance()
-    sh.reset(new_session=False)
-    sh.run_line_magic("load_ext", "gpucell")
-    try:
+    with loaded_shell(pools, monkeypatch) as sh:
         yield sh
-    finally:
-        sh.run_line_magic("unload_ext", "gpucell")  # closes the session: its workers are released
-        sh.reset(new_session=False)
-        wait_for(lambda: not _session_workers(pools), timeout=10, what="the test's workers to go")
+    wait_for(lambda: not _session_workers(pools), timeout=10, what="the test's workers to go")
 
 
 def _session_workers(cluster: Cluster) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 from tornado.httpclient import HTTPClientError
 
+from conftest import wait_for
 from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.config import ENV_BROKER, ENV_CONFIG, ENV_TOKEN
@@ -153,10 +153,7 @@ def test_server_starts_a_shared_broker_for_its_kernels(
     (app,) = jp_serverapp.extension_manager.extension_apps["gpucell.server"]
     process = app.embedded.process
     jp_asyncio_loop.run_until_complete(app.stop_extension())
-    deadline = time.monotonic() + 10
-    while process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert process.poll() is not None, "the server's broker outlived the server"
+    wait_for(lambda: process.poll() is not None, 10, what="the server's broker to exit with the server")
     assert ENV_BROKER not in os.environ
 
 
@@ -176,9 +173,7 @@ def test_jobs_submit_and_list(broker: EmbeddedBroker, jp_fetch: Fetch, jp_asynci
         return dict(row)
 
     assert listed()["id"] == job["id"]
-    deadline = time.monotonic() + 120
-    while (row := listed())["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    row = wait_for(lambda: (r := listed())["state"] != "running" and r, 120, interval=0.1, what="the job to end")
     assert (row["state"], row["notebook"], row["hardware"]) == ("succeeded", "work/tiny.ipynb", "T4"), row
     assert row["duration_s"] > 0
 

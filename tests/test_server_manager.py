@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from conftest import wait_for
 from gpucell.batch.jobs_client import JobsClient
 from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
@@ -64,15 +64,6 @@ def run_cell(broker: EmbeddedBroker, session: str, notebook: str, hardware: str 
     return [e.stream.text for e in events if e.WhichOneof("kind") == "stream"]
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 15.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
 def workers(status: dict) -> list[dict]:
     return [w for pool in status["pools"].values() for w in pool["workers"]]
 
@@ -117,7 +108,7 @@ def test_release_removes_the_worker(manager: GpuCellManager, broker: EmbeddedBro
     (worker,) = workers(manager.status())
     assert manager.release(worker["id"]) == {"released": [worker["id"]]}
     assert [w for w in workers(manager.status()) if w["state"] != "releasing"] == []
-    wait_for(lambda: workers(manager.status()) == [], "the released worker to leave the status")
+    wait_for(lambda: workers(manager.status()) == [], 15, what="the released worker to leave the status")
     with pytest.raises(WorkerNotFound, match=worker["id"]):
         manager.release(worker["id"])
 
@@ -169,7 +160,7 @@ def test_submit_a_notebook_as_a_job_and_list_it(broker: EmbeddedBroker, tmp_path
             (listed,) = [j for j in made.jobs()["jobs"] if j["id"] == job["id"]]
             return listed if listed["state"] != "running" else None
 
-        done = wait_for(ended, "the job to end", timeout=180)
+        done = wait_for(ended, 180, what="the job to end")
         assert isinstance(done, dict)
         assert done["state"] == "succeeded", done["error"]
         assert done["notebook"] == "work/tiny.ipynb" and done["cost"] > 0

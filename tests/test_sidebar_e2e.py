@@ -12,13 +12,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import wait_for
 from gpucell.batch.jobs_client import JobsClient
 from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.config import ENV_BROKER, ENV_CONFIG, ENV_TOKEN
@@ -71,17 +72,6 @@ _require_browser()
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
 expect.set_options(timeout=TIMEOUT_MS)
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def free_port() -> int:
@@ -143,7 +133,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             return False
 
     try:
-        wait_for(ready, "jupyter lab to answer", timeout=60)
+        wait_for(ready, 60, interval=0.1, what="jupyter lab to answer")
         yield Lab(url, token, root, env, broker)
     finally:
         process.terminate()
@@ -284,7 +274,8 @@ def test_sidebar_pick_run_watch_release_reload_outage(lab: Lab, browser: Browser
     worker.get_by_test_id("gpucell-release").click()
     expect(worker).to_have_count(0)
     expect(page.get_by_test_id("gpucell-no-workers")).to_be_visible()
-    wait_for(lambda: lab.gpucell_status()["pools"]["T4"]["workers"] == [], "gpucell status to drop the worker")
+    wait_for(lambda: lab.gpucell_status()["pools"]["T4"]["workers"] == [], 30, interval=0.1,
+             what="gpucell status to drop the worker")
 
     run_as_batch_job(page, lab, tmp_path)
 

@@ -13,7 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from harness import OutputRecorder, Profile, Sample, capture_stdout, wait_for
 from systems.base import System, Unsupported
-from load import measure_load
+from load import NullSink, measure_load
 from systems.gpucell_ray import ray_cold_starts
 
 HW = "cpu"
@@ -247,7 +247,7 @@ class GpucellSystem(System):
             before = proc.memory_info().rss / 1e6
             cap_s = {"smoke": 5.0, "quick": 30.0}.get(self.p.name, 120.0)
             deadline = time.monotonic() + cap_s
-            sink = _NullSink()
+            sink = NullSink()
             count = 0
             while count < self.p.sessions_n and time.monotonic() < deadline:
                 session = Session(client, session_name=f"bench-idle-{count}")
@@ -278,16 +278,3 @@ class GpucellSystem(System):
                           note=note + "; warm cells, from the broker's Prometheus histogram")
         yield self.sample("broker_rss_mb", [report.broker_peak_rss_mb], "load",
                           note=f"peak RSS (VmHWM) of the broker during the load above; {report.broker_rss_mb:g} MB at the end")
-
-
-class _NullSink:
-    """Output of load-generating sessions goes nowhere."""
-
-    def stream(self, name: str, text: str) -> None:
-        pass
-
-    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
-        pass
-
-    def phase(self, text: str) -> None:
-        pass

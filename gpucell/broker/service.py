@@ -139,6 +139,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
     async def close(self) -> None:
         if self._ticker:
             self._ticker.cancel()
+        for task in list(self._tasks):
+            task.cancel()  # pending launches, terminations, dropped-stream grace waits
         for conn in self.conns.values():
             conn.outbox.put_nowait(pb.WorkerInstruction(shutdown=pb.WorkerShutdown(reason="broker stopping")))
             conn.outbox.put_nowait(None)

@@ -281,8 +281,10 @@ class Session:
             self.mark_lost(report.worker_id)
             return WorkerLostError(error.evalue)
         if error.ename == "RemoteRefError":
-            self.mark_lost(self.refs[request.refs[0]].worker_id if request.refs and request.refs[0] in self.refs
-                           else "")
+            for name in request.refs:
+                ref = self.refs.get(name)
+                if ref is not None and ref.worker_id != report.worker_id:
+                    self.mark_lost(ref.worker_id)  # the cell ran elsewhere: that worker is gone
             lost = [self.refs[n] for n in request.refs if n in self.refs and self.refs[n].lost]
             return RemoteRefError(lost[0].lost_message() if lost else error.evalue)
         if error.kind == "rejected":

@@ -81,10 +81,6 @@ def unpack(header: bytes, buffers: list[Any]) -> Any:
     return pickle.loads(header, buffers=buffers)
 
 
-def loads(data: bytes) -> Any:
-    return pickle.loads(data)
-
-
 def module_import(name: str, value: Any) -> str | None:
     """`import x as name` for a module value, so modules travel as imports, not pickles."""
     if isinstance(value, types.ModuleType):

@@ -15,6 +15,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -139,13 +140,12 @@ class DataServer:
 
     def wait_for(self, hashes: set[str], timeout: float, cancelled: Any) -> bool:
         """Block until every hash has arrived; False on timeout or when cancelled() turns true."""
+        deadline = time.monotonic() + timeout
         with self.changed:
-            waited = 0.0
             while not hashes <= self.received.keys():
-                if cancelled() or waited >= timeout:
+                if cancelled() or time.monotonic() >= deadline:
                     return False
-                self.changed.wait(0.1)
-                waited += 0.1
+                self.changed.wait(0.1)  # woken by each arrival; the timeout only re-checks cancelled()
             return True
 
     def close(self) -> None:
