@@ -61,8 +61,11 @@ def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
     tls = f'tls_cert = "{cert}"\ntls_key = "{key}"'
     with make_cluster(tmp_path, CPU, broker=tls) as cluster:
         client = BrokerClient(cluster.address, cluster.token, tls_ca=str(cert))
-        report = run(Session(client), "import os\nw = os.environ['GPUCELL_WORKER_ID']\n")
+        session = Session(client)
+        report = run(session, "import os\nw = os.environ['GPUCELL_WORKER_ID']\n")
         assert report.worker_id
+        # The direct lane is plaintext TCP: under TLS the broker does not offer it, warm cells stay on TLS.
+        assert not run(session, "v = 2\n").lane and session.lanes == {}
         client.close()
         plain = BrokerClient(cluster.address, cluster.token, connect_timeout=2)
         with pytest.raises(BrokerUnavailableError):

@@ -201,6 +201,20 @@ class Harness:
         worker.idle_since = self.now
         self.handle(sch.CellFinished(cell_id, self.now))
 
+    def lane(self, worker_id: str) -> None:
+        """The session sends a cell straight to its idle warm worker (the direct lane)."""
+        worker = self.workers[worker_id]
+        if worker.state != "ready" or worker.session is None or worker.cell or worker.session in self.closed:
+            return
+        self.next_cell += 1
+        cell_id = f"c{self.next_cell}"
+        self.cells[cell_id] = CellModel(worker.session, worker.pool, self.next_cell, None, state="running",
+                                        worker=worker_id)
+        worker.cell = cell_id
+        worker.idle_since = None
+        self.handle(sch.LaneCellStarted(cell_id, worker_id, self.now))
+        assert self.sched.workers[worker_id].state is sch.WorkerState.BUSY, "a lane cell left its worker idle"
+
     def ready(self, worker_id: str) -> None:
         worker = self.workers[worker_id]
         if worker.state == "starting":
@@ -269,6 +283,7 @@ actions = st.one_of(
     st.tuples(st.just("close"), st.sampled_from(SESSIONS)),
     st.tuples(st.just("join"), st.integers(0, 1), st.integers(1, 8)),
     st.tuples(st.just("tick"), st.sampled_from([0.0, 0.2, 0.6, 1.1, 2.5, 6.0])),
+    st.tuples(st.just("lane"), st.integers(0, 50)),
 )
 
 
@@ -309,6 +324,10 @@ def run_actions(pools: dict[str, sch.PoolLimits], steps: list[tuple]) -> Harness
             h.handle(sch.SessionClosed(step[1], h.now))
         elif kind == "join":
             h.join(names[step[1] % len(names)], step[2])
+        elif kind == "lane":
+            candidates = sorted(w for w, m in h.workers.items() if m.state == "ready" and m.session and not m.cell)
+            if candidates:
+                h.lane(candidates[step[1] % len(candidates)])
         elif kind == "tick":
             h.advance(step[1])
             h.handle(sch.Tick(h.now))

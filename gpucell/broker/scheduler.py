@@ -70,6 +70,15 @@ class CellFinished:
 
 
 @dataclass(frozen=True)
+class LaneCellStarted:
+    """A cell came to a session's warm worker over its direct lane: the worker is busy until CellFinished."""
+
+    cell_id: str
+    worker_id: str
+    now: float
+
+
+@dataclass(frozen=True)
 class CellWithdrawn:
     """The client cancelled a cell or went away before it finished."""
 
@@ -120,7 +129,7 @@ class Tick:
     now: float
 
 
-Event = Union[CellSubmitted, CellFinished, CellWithdrawn, WorkerReady, WorkerJoined, WorkerGone,
+Event = Union[CellSubmitted, CellFinished, LaneCellStarted, CellWithdrawn, WorkerReady, WorkerJoined, WorkerGone,
               ReleaseRequested, SessionClosed, Tick]
 
 # ---------------------------------------------------------------- instructions
@@ -227,6 +236,16 @@ class Scheduler:
             self._pump(event.pool, event.now, out)
         elif isinstance(event, CellFinished):
             self._finish_cell(event.cell_id, event.now, out)
+        elif isinstance(event, LaneCellStarted):
+            worker = self.workers.get(event.worker_id)
+            # Only the owner holds the lane's ticket, so an idle assigned worker is the only state to
+            # expect; a worker already busy (a queued broker cell got there first) stays busy anyway.
+            if worker is not None and worker.session is not None and worker.state is WorkerState.IDLE:
+                worker.state = WorkerState.BUSY
+                worker.cell = event.cell_id
+                worker.cells_run += 1
+                worker.last_active = event.now
+                self.running[event.cell_id] = worker.id
         elif isinstance(event, CellWithdrawn):
             self._withdraw(event.cell_id, event.now, out)
         elif isinstance(event, WorkerReady):

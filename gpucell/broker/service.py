@@ -80,6 +80,8 @@ class WorkerConn:
     outbox: asyncio.Queue[pb.WorkerInstruction | None] = field(default_factory=asyncio.Queue)
     last_seen: float = field(default_factory=time.monotonic)
     gpus: list[pb.GpuInfo] = field(default_factory=list)
+    lane_address: str = ""
+    lane_ticket: str = ""
 
 
 @dataclass
@@ -118,6 +120,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.journal = Journal(os.path.join(self.log_dir, "journal.sqlite"))
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._parked: list[tuple[CellRun, str]] = []   # cells dispatched to a worker whose stream had dropped
         self._last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------ lifecycle
@@ -327,7 +330,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a worker must register first")
             return
         reg = first.register
-        conn = WorkerConn(reg.worker_id, reg.hardware, reg.pid, reg.node, dict(reg.versions))
+        conn = WorkerConn(reg.worker_id, reg.hardware, reg.pid, reg.node, dict(reg.versions),
+                          lane_address=reg.lane_address, lane_ticket=reg.lane_ticket)
         self.conns[reg.worker_id] = conn
         now = time.monotonic()
         if reg.worker_id in self.launches:
@@ -373,6 +377,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 kind = message.WhichOneof("kind")
                 if kind == "event":
                     self._on_worker_event(conn, message.event)
+                elif kind == "lane":
+                    self._on_lane(conn, message.lane)
                 elif kind == "heartbeat":
                     self._check_memory(conn, message.heartbeat.rss)
                     if message.heartbeat.gpus:
@@ -414,6 +420,29 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             run.outcome = event.error.kind or "user"
         run.push(event)
 
+    def _on_lane(self, conn: WorkerConn, activity: pb.LaneActivity) -> None:
+        """A cell on the worker's direct lane: keep the scheduler's view (busy, idle clock, usage) true."""
+        now = time.monotonic()
+        if activity.finished:
+            run = self.cells.pop(activity.cell_id, None)
+            if run is not None and not run.done:
+                run.done = True
+                self.metrics.cells.labels(run.pool, "ok" if activity.ok else "user").inc()
+                run.close()
+            self.apply(self.scheduler.handle(sch.CellFinished(activity.cell_id, now)))
+            return
+        if activity.cell_id in self.cells:
+            return
+        # A run without a client stream: if the worker dies mid-cell, the scheduler fails it here and
+        # the client, whose lane closed, reads the reason with CellAttach.
+        run = CellRun(pb.CellExecuteRequest(session_id=activity.session_id, cell_id=activity.cell_id),
+                      conn.pool, now, worker_id=conn.worker_id, dispatched=now)
+        self.cells[activity.cell_id] = run
+        self.apply(self.scheduler.handle(sch.LaneCellStarted(activity.cell_id, conn.worker_id, now)))
+        worker = self.scheduler.workers.get(conn.worker_id)
+        if worker is None or worker.state is sch.WorkerState.RELEASING:
+            self._fail(run, "worker lost: it was being released when the cell arrived", "worker_lost")
+
     # ------------------------------------------------------------ instructions -> I/O
 
     def apply(self, instructions: list[sch.Instruction]) -> None:
@@ -429,6 +458,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 if run is not None and not run.done:
                     kind = "timeout" if run.timed_out else ins.kind
                     self._fail(run, ins.reason, kind)
+                if run is not None and ins.kind == "worker_lost" and run.worker_id:
+                    # A lane cell the scheduler saw as queued behind this one died with the same worker.
+                    for other in [r for r in self.cells.values() if r.worker_id == run.worker_id and not r.done]:
+                        self._fail(other, ins.reason, "worker_lost")
             elif isinstance(ins, sch.WorkerStarting):
                 run = self.cells.get(ins.cell_id)
                 if run is not None:
@@ -469,8 +502,12 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         run = self.cells.get(ins.cell_id)
         conn = self.conns.get(ins.worker_id)
         if run is None or conn is None:
-            # Client vanished between queueing and dispatch: free the worker again.
+            # Client vanished between queueing and dispatch: free the worker again. Or the worker's
+            # connection just dropped and the broker is still learning why: the cell waits until the
+            # worker is declared gone, then goes to a new one, as a cell queued behind it would.
             self.apply(self.scheduler.handle(sch.CellFinished(ins.cell_id, time.monotonic())))
+            if run is not None:
+                self._parked.append((run, ins.worker_id))
             return
         now = time.monotonic()
         run.worker_id = ins.worker_id
@@ -481,8 +518,14 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         conn.outbox.put_nowait(pb.WorkerInstruction(execute=run.request))
         if not ins.cold:
             self.metrics.dispatch.labels(run.pool).observe(now - run.submitted)
-        run.push(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), started=pb.Started(
-            worker_id=ins.worker_id, hardware=run.pool, cold=ins.cold, node=conn.node, versions=conn.versions)))
+        started = pb.Started(worker_id=ins.worker_id, hardware=run.pool, cold=ins.cold, node=conn.node,
+                             versions=conn.versions)
+        worker = self.scheduler.workers.get(ins.worker_id)
+        if conn.lane_address and not self.config.tls_cert and worker is not None:
+            # The lane is plaintext TCP: offered only where the broker's own port is (no TLS).
+            started.lane_address, started.lane_ticket = conn.lane_address, conn.lane_ticket
+            started.idle_timeout_s = worker.idle_timeout
+        run.push(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), started=started))
         timeout = run.request.options.timeout_s
         if timeout > 0:
             run.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout, run)
@@ -546,6 +589,18 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self._complete(run, pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
                                          finished=pb.Finished(ok=False)))
 
+    def _resubmit_parked(self, now: float) -> None:
+        for run, worker_id in list(self._parked):
+            worker = self.scheduler.workers.get(worker_id)
+            if worker is not None and worker.state is not sch.WorkerState.RELEASING and worker_id not in self.conns:
+                continue  # still deciding about that worker
+            self._parked.remove((run, worker_id))
+            request = run.request
+            if self.cells.get(request.cell_id) is run and not run.done:
+                self.apply(self.scheduler.handle(sch.CellSubmitted(
+                    request.cell_id, request.session_id, run.pool, now, fresh=request.options.fresh,
+                    idle_timeout=request.options.idle_s or None, owner=request.owner)))
+
     # ------------------------------------------------------------ housekeeping
 
     async def _tick_loop(self) -> None:
@@ -558,6 +613,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
 
     async def _tick(self) -> None:
         now = time.monotonic()
+        self._resubmit_parked(now)
         for worker_id, record in list(self.launches.items()):
             reason = await record.provisioner.poll(worker_id)
             if reason is not None:

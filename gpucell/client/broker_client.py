@@ -118,6 +118,18 @@ class BrokerClient:
         finally:
             call.cancel()
 
+    def attach(self, session_id: str, cell_id: str, timeout: float) -> Iterator[pb.CellEvent]:
+        """A cell's events from the start, as the broker logged them (it may still be running)."""
+        self.ensure_ready()
+        call = self._stub.CellAttach(pb.CellAttachRequest(session_id=session_id, cell_id=cell_id),
+                                     metadata=self._metadata, timeout=timeout)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise translate(exc, self.address) from None
+        finally:
+            call.cancel()
+
     def cancel(self, session_id: str, cell_id: str) -> bool:
         response = self._unary(self._stub.CellCancel, pb.CellCancelRequest(session_id=session_id, cell_id=cell_id))
         return bool(response.found)

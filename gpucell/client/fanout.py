@@ -292,8 +292,10 @@ class Fanout:
 
     def _options(self, batch_len: int) -> CellOptions:
         timeout = self.task.timeout_s * batch_len + CELL_TIMEOUT_SLACK_S if self.task.timeout_s > 0 else 0.0
+        # No direct lane: a slot pipelines two batches per worker, and only the broker's queue knows
+        # which of them a dead worker had started (the other is re-run elsewhere, not counted lost).
         return CellOptions(hardware=self.options.hardware, timeout_s=timeout, env=self.options.env,
-                           return_limit=1 << 62)
+                           return_limit=1 << 62, lane=False)
 
     def _setup(self, slot: _Slot, session: Session) -> bool:
         """Bind the task on the slot's worker, once; a slot takes items only once it has a worker."""

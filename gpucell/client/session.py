@@ -6,11 +6,12 @@ import json
 import platform
 import time
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gpucell.client.broker_client import BrokerClient
+from gpucell.client.lane import Lane, LaneClosed, LaneLost
 from gpucell.errors import (CellTimeoutError, ConfigError, GpucellError, RemoteError, RemoteRefError,
                             SerializationError, UnknownHardwareError, WorkerLostError)
 from gpucell.namespace import serialize, transfer
@@ -19,6 +20,7 @@ from gpucell.namespace.remote_ref import RemoteRef
 from gpucell.protocol import gpucell_pb2 as pb
 
 CANCEL_DRAIN_S = 10.0
+LOST_REASON_WAIT_S = 8.0  # the broker may take a few seconds to learn why a worker died
 INLINE_LIMIT = 1 << 20   # larger inputs wait until the worker says it lacks them, then go by raw TCP
 
 
@@ -44,6 +46,7 @@ class CellOptions:
     retries: int = 0
     strict: bool = False
     return_limit: int = 0
+    lane: bool = True    # warm cells may go straight to the worker (a map pipelines through the broker)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class CellReport:
     finished: pb.Finished | None = None
     assigned: list[str] = field(default_factory=list)
     refs: list[str] = field(default_factory=list)
+    lane: bool = False                 # went straight to the warm worker, not through the broker
 
 
 class Session:
@@ -80,6 +84,8 @@ class Session:
         self._pending: dict[str, serialize.Packed] = {}
         self._requested_hardware = ""
         self.worker_versions: dict[str, dict[str, str]] = {}   # requested label -> last worker's versions
+        self.lanes: dict[str, Lane] = {}       # requested hardware -> the direct lane to its warm worker
+        self._lane_cell: Lane | None = None    # the lane the running cell went over, if any
 
     # ------------------------------------------------------------ checks before sending
 
@@ -186,7 +192,7 @@ class Session:
         self.last_report = report
         result: pb.Result | None = None
         error: pb.Error | None = None
-        events = self.client.execute(request)
+        events = self._events(request, options)
         try:
             for event in events:
                 kind = event.WhichOneof("kind")
@@ -201,6 +207,7 @@ class Session:
                     report.queue_positions.append(event.queued.position)
                     sink.phase(f"queued: #{event.queued.position} for {event.queued.hardware}")
                 elif kind == "started":
+                    report.lane = self._lane_cell is not None
                     self._on_started(report, event.started)
                     _status(sink, f"gpucell: running on {event.started.hardware} worker {event.started.worker_id}"
                                   f"{' (cold start)' if event.started.cold else ''}")
@@ -231,6 +238,52 @@ class Session:
         self._apply(result, user_ns, report, execution_count)
         return report
 
+    def _events(self, request: pb.CellExecuteRequest, options: CellOptions) -> Iterator[pb.CellEvent]:
+        """A warm cell goes straight to its worker over the lane; anything else (a first cell, --fresh,
+        --timeout, --idle, a lane that is gone) through the broker, which then offers a lane."""
+        self._lane_cell = None
+        lane = self.lanes.get(request.hardware)
+        if (lane is not None and options.lane and lane.usable()
+                and not (options.fresh or options.timeout_s or options.idle_s)):
+            try:
+                self._lane_cell = lane
+                yield from lane.execute(request)
+                return
+            except LaneClosed:
+                self._lane_cell = None
+                self._drop_lane(lane)
+            except LaneLost:
+                self._drop_lane(lane)
+                yield from self._lost_on_lane(request, lane)
+                return
+        for event in self.client.execute(request):
+            if event.WhichOneof("kind") == "started" and event.started.lane_address and options.lane:
+                self._drop_lane(self.lanes.get(request.hardware))
+                self.lanes[request.hardware] = Lane(event.started.hardware, event.started)
+            elif event.WhichOneof("kind") == "finished" and request.hardware in self.lanes:
+                self.lanes[request.hardware].last_active = time.monotonic()
+            yield event
+
+    def _lost_on_lane(self, request: pb.CellExecuteRequest, lane: Lane) -> Iterator[pb.CellEvent]:
+        """The worker went away mid-cell: the broker failed the cell with the reason (killed, out of
+        memory, node died); read it from there, or say what we know."""
+        try:
+            for event in self.client.attach(self.session_id, request.cell_id, LOST_REASON_WAIT_S):
+                if event.WhichOneof("kind") in ("error", "finished"):
+                    yield event
+        except GpucellError:
+            yield pb.CellEvent(cell_id=request.cell_id, error=pb.Error(
+                ename="WorkerLostError", evalue=f"worker lost: {lane.worker_id}'s connection closed mid-cell",
+                kind="worker_lost"))
+            yield pb.CellEvent(cell_id=request.cell_id, finished=pb.Finished(ok=False))
+
+    def _drop_lane(self, lane: Lane | None) -> None:
+        if lane is None:
+            return
+        lane.close()
+        for key in [k for k, v in self.lanes.items() if v is lane]:
+            del self.lanes[key]
+
     def price_per_hour(self, pool: str) -> float:
         if self._prices is None:
             try:
@@ -260,6 +313,9 @@ class Session:
 
     def _interrupt(self, cell_id: str, events: Any) -> None:
         """Ctrl-C / kernel interrupt: stop the cell on the worker, wait (bounded) for it to end."""
+        if self._lane_cell is not None:
+            self._lane_cell.cancel(self.session_id, cell_id)
+            return
         try:
             self.client.cancel(self.session_id, cell_id)
         except GpucellError:
@@ -323,6 +379,8 @@ class Session:
     def mark_lost(self, worker_id: str) -> None:
         if not worker_id:
             return
+        for lane in [v for v in self.lanes.values() if v.worker_id == worker_id]:
+            self._drop_lane(lane)
         for ref in self.refs.values():
             if ref.worker_id == worker_id:
                 ref.lost = True
@@ -337,6 +395,8 @@ class Session:
         return released
 
     def close(self) -> None:
+        for lane in list(self.lanes.values()):
+            self._drop_lane(lane)
         try:
             self.client.close_session(self.session_id)
         except GpucellError:

@@ -1,22 +1,33 @@
-"""The bulk data path: raw TCP between client and worker for large blobs, beside the gRPC control path.
+"""The bulk data path: shared memory (memfd) on the same host, raw TCP otherwise, beside the gRPC control path.
 
 gRPC moves ~0.5 GB/s here while loopback TCP moves several GB/s, and a protobuf message means
 more copies. Frames are a little JSON header ({"hash", "type_name", "sizes"}) and the raw parts:
 the pickle, then each out-of-band buffer, sent from the user's memory with no copy and received
 into one buffer per part (numpy arrays are rebuilt on those buffers in place).
+
+Same kernel (same boot id, and the worker's abstract Unix socket answers): the sender writes each
+value once into a sealed memfd and passes the descriptor (SCM_RIGHTS); the receiver maps it privately
+and unpickles on views of the mapping. One copy instead of TCP's two, and the receiver allocates
+nothing. `GPUCELL_SHM=0` forces TCP.
+
+Address format: "HOST:PORT" or "HOST:PORT;uds=NAME;boot=BOOT_ID" (NAME in the abstract namespace).
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import mmap
 import os
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gpucell.namespace.serialize import Packed
@@ -24,6 +35,21 @@ from gpucell.namespace.serialize import Packed
 _LEN = struct.Struct("!Q")
 CHUNK = 4 * 1024 * 1024
 MMAP_MIN = 1 << 20
+ALIGN = 64            # each part starts 64-byte aligned in shared memory: numpy's and SIMD's preference
+PAGE = mmap.PAGESIZE
+WRITE_CHUNK = 64 << 20
+WRITERS = max(1, min(4, os.cpu_count() or 1))
+MIN_PIECE = 16 << 20  # below this a second writer thread costs more than it saves
+MAX_FDS = 16          # descriptors a receiver accepts in one message (a frame carries one per piece)
+MAP_FIXED = 0x10      # Linux; the mmap module does not export it
+# The sender can no longer resize or write the memfd once sealed: the receiver's private mapping cannot
+# change under it or fault with SIGBUS, whatever the sender does afterwards.
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL if hasattr(
+    fcntl, "F_SEAL_SHRINK") else 0
+SHM_SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "memfd_create") and hasattr(socket, "send_fds") \
+    and bool(SEALS)
+
+Frame = tuple[str, str, bytes, list[Any]]
 
 
 def _buffer(size: int) -> bytearray | mmap.mmap:
@@ -58,11 +84,22 @@ def _recv_line(sock: socket.socket, limit: int = 65536) -> str:
     return data.decode().strip()
 
 
+def _head(packed: Packed) -> dict[str, Any]:
+    return {"hash": packed.hash, "type_name": packed.type_name,
+            "sizes": [len(packed.header), *[b.nbytes for b in packed.buffers]]}
+
+
+def _check_size(sizes: list[int], max_bytes: int) -> None:
+    if any(not isinstance(n, int) or n < 0 for n in sizes):
+        raise ValueError("bad frame sizes")
+    if max_bytes and sum(sizes) > max_bytes:
+        raise ValueError(f"a value of {sum(sizes)} bytes is over this worker's limit of {max_bytes}")
+
+
 def send_frames(sock: socket.socket, values: Iterable[Packed]) -> int:
     sent = 0
     for packed in values:
-        head = json.dumps({"hash": packed.hash, "type_name": packed.type_name,
-                           "sizes": [len(packed.header), *[b.nbytes for b in packed.buffers]]}).encode()
+        head = json.dumps(_head(packed)).encode()
         sock.sendall(_LEN.pack(len(head)) + head)
         sock.sendall(packed.header)
         for buf in packed.buffers:
@@ -72,7 +109,7 @@ def send_frames(sock: socket.socket, values: Iterable[Packed]) -> int:
     return sent
 
 
-def recv_frames(sock: socket.socket, max_bytes: int = 0) -> list[tuple[str, str, bytes, list[Any]]]:
+def recv_frames(sock: socket.socket, max_bytes: int = 0) -> list[Frame]:
     """(hash, type_name, pickle, buffers) for each frame until the end marker; a frame over max_bytes
     is refused before anything is allocated for it."""
     out = []
@@ -82,11 +119,204 @@ def recv_frames(sock: socket.socket, max_bytes: int = 0) -> list[tuple[str, str,
             return out
         head = json.loads(bytes(_recv_exact(sock, size)))
         sizes = head["sizes"]
-        if max_bytes and sum(sizes) > max_bytes:
-            raise ValueError(f"a value of {sum(sizes)} bytes is over this worker's limit of {max_bytes}")
+        _check_size(sizes, max_bytes)
         header = bytes(_recv_exact(sock, sizes[0]))
         buffers = [_recv_exact(sock, n) for n in sizes[1:]]
         out.append((head["hash"], head.get("type_name", ""), header, buffers))
+
+
+# ------------------------------------------------------------------ same-host shared memory
+
+def _layout(sizes: list[int]) -> tuple[list[int], int]:
+    """Offsets of each part in the shared memory, and its length (whole pages)."""
+    offsets, end = [], 0
+    for n in sizes:
+        offsets.append(end)
+        end = (end + n + ALIGN - 1) // ALIGN * ALIGN
+    return offsets, max(PAGE, (end + PAGE - 1) // PAGE * PAGE)
+
+
+def _pieces(length: int) -> list[int]:
+    """Sizes of the memfds a value is split into (whole pages). Writes to one memfd take its inode lock, so
+    one writer thread per memfd is what lets two cores fill fresh memory (~1.7x faster here for 1 GB)."""
+    count = max(1, min(WRITERS, length // MIN_PIECE))
+    bounds = [length * i // count // PAGE * PAGE for i in range(count)] + [length]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def _write_piece(fd: int, parts: list[tuple[int, memoryview]], lo: int, hi: int) -> None:
+    """pwrite the bytes of [lo, hi) into this piece: the kernel allocates each page and copies into it once
+    (no zero-fill, no page fault per page), ~2x faster here than copying into a mapping of it."""
+    for offset, view in parts:
+        start, stop = max(lo, offset), min(hi, offset + len(view))
+        while start < stop:
+            start += os.pwrite(fd, view[start - offset:min(stop, start + WRITE_CHUNK) - offset], start - lo)
+
+
+def _memfds_of(packed: Packed) -> tuple[list[int], dict[str, Any]]:
+    """Sealed memfds holding the value's pickle and buffers, and the frame head that describes them."""
+    head = _head(packed)
+    offsets, length = _layout(head["sizes"])
+    pieces = _pieces(length)
+    parts = [(o, memoryview(p).cast("B")) for o, p in zip(offsets, [packed.header, *packed.buffers])]
+    fds: list[int] = []
+    try:
+        for size in pieces:
+            fds.append(os.memfd_create(f"gpucell-{packed.hash[:12]}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING))
+            os.ftruncate(fds[-1], size)
+        bounds = [sum(pieces[:i]) for i in range(len(pieces) + 1)]
+        jobs = [(fd, parts, bounds[i], bounds[i + 1]) for i, fd in enumerate(fds)]
+        if len(jobs) == 1:
+            _write_piece(*jobs[0])
+        else:
+            list(_writer_pool().map(lambda job: _write_piece(*job), jobs))
+        for fd in fds:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    head["offsets"] = offsets
+    head["length"] = length
+    head["pieces"] = pieces
+    return fds, head
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _writer_pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(WRITERS, thread_name_prefix="gpucell-shm-write")
+        return _POOL
+
+
+def send_fd_frames(sock: socket.socket, values: Iterable[Packed]) -> int:
+    """Each value as a length-prefixed head with its memfds attached; our descriptors are closed once sent,
+    so nothing here can touch the memory again (it is sealed against writes anyway)."""
+    sent = 0
+    for packed in values:
+        fds, head = _memfds_of(packed)
+        try:
+            data = json.dumps(head).encode()
+            msg = _LEN.pack(len(data)) + data
+            n = socket.send_fds(sock, [msg], fds)
+            if n < len(msg):
+                sock.sendall(msg[n:])
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sent += packed.size
+    sock.sendall(_LEN.pack(0))
+    return sent
+
+
+def _recv_with_fds(sock: socket.socket, size: int, fds: list[int]) -> bytes:
+    """Exactly size bytes; descriptors that come with them are appended to fds (to be closed by the caller)."""
+    data = bytearray()
+    while len(data) < size:
+        chunk, got, flags, _ = socket.recv_fds(sock, size - len(data), MAX_FDS)
+        fds.extend(got)
+        if flags & socket.MSG_CTRUNC:
+            raise ConnectionError("too many descriptors in one message")
+        if not chunk:
+            raise ConnectionError("data connection closed mid-frame")
+        data += chunk
+    return bytes(data)
+
+
+def _libc_mmap() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.mmap
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    return fn
+
+
+_MMAP = _libc_mmap() if SHM_SUPPORTED else None
+
+
+def _map_frame(head: dict[str, Any], fds: list[int], max_bytes: int) -> Frame:
+    """Views into one private mapping of the sender's sealed memfds: copy-on-write for the receiver, who may
+    mutate the arrays; the sender can no longer write or shrink them. The size check comes before any map."""
+    sizes, offsets, length, pieces = head["sizes"], head["offsets"], head["length"], head["pieces"]
+    _check_size(sizes, max_bytes)
+    if not isinstance(length, int) or len(offsets) != len(sizes) or len(pieces) != len(fds) \
+            or sum(pieces) != length or any(p <= 0 or p % PAGE for p in pieces[:-1]) \
+            or any(not isinstance(o, int) or o < 0 or o + n > length for o, n in zip(offsets, sizes)):
+        raise ValueError("a malformed shared-memory frame")
+    for fd, size in zip(fds, pieces):
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS != SEALS:
+            raise ValueError("the shared memory is not sealed")
+        if os.fstat(fd).st_size < size:
+            raise ValueError("the shared memory is smaller than its frame")
+    # An anonymous reservation owned by a Python mmap (it unmaps the whole range when the last view is gone),
+    # then each memfd mapped over its part of it: one contiguous buffer, and no descriptor kept open.
+    mem = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    anchor = ctypes.c_char.from_buffer(mem)
+    base = ctypes.addressof(anchor)
+    del anchor
+    at = 0
+    for fd, size in zip(fds, pieces):
+        got = _MMAP(base + at, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | MAP_FIXED, fd, 0)
+        if got != base + at:
+            mem.close()
+            raise OSError(ctypes.get_errno(), "cannot map the shared memory")
+        at += size
+    view = memoryview(mem)
+    header = bytes(view[offsets[0]:offsets[0] + sizes[0]])
+    # The views keep the mapping alive; it is unmapped when the last array built on it is gone.
+    buffers = [view[o:o + n] for o, n in zip(offsets[1:], sizes[1:])]
+    return head["hash"], head.get("type_name", ""), header, buffers
+
+
+def recv_fd_frames(sock: socket.socket, max_bytes: int = 0) -> list[Frame]:
+    out = []
+    while True:
+        fds: list[int] = []
+        try:
+            (size,) = _LEN.unpack(_recv_with_fds(sock, _LEN.size, fds))
+            if size == 0:
+                if fds:
+                    raise ConnectionError("a descriptor with the end marker")
+                return out
+            head = json.loads(_recv_with_fds(sock, size, fds))
+            out.append(_map_frame(head, fds, max_bytes))
+        finally:
+            for fd in fds:  # a mapping does not need its descriptor
+                os.close(fd)
+
+
+_BOOT_ID: str | None = None
+
+
+def boot_id() -> str:
+    """This kernel's boot id: two processes share memory only if they run on the same kernel."""
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _BOOT_ID = f.read().strip()
+        except OSError:
+            _BOOT_ID = ""
+    return _BOOT_ID
+
+
+def shm_enabled() -> bool:
+    return SHM_SUPPORTED and os.environ.get("GPUCELL_SHM", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def parse_address(address: str) -> tuple[str, dict[str, str]]:
+    """'HOST:PORT' and the options after it ('uds', 'boot')."""
+    tcp, *rest = address.split(";")
+    options = dict(part.split("=", 1) for part in rest if "=" in part)
+    return tcp, options
+
+
+# ------------------------------------------------------------------ the worker's server
 
 
 class DataServer:
@@ -97,29 +327,44 @@ class DataServer:
         self.max_bytes = int(float(os.environ.get("GPUCELL_MAX_BLOB_MB", "0") or 0) * 1_000_000)
         self._sock = socket.create_server((host, 0))
         self.address = f"{host}:{self._sock.getsockname()[1]}"
+        self._uds: socket.socket | None = None
+        if SHM_SUPPORTED and boot_id():
+            name = f"gpucell-data-{secrets.token_hex(12)}"
+            try:
+                uds = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                uds.bind("\0" + name)  # abstract: no file to clean up, gone with the process
+                uds.listen(16)
+                self._uds = uds
+                self.address += f";uds={name};boot={boot_id()}"
+            except OSError:
+                uds.close()
         self.received: dict[str, tuple[bytes, list[Any]]] = {}
         self.outgoing: dict[str, Packed] = {}
         self.changed = threading.Condition()
         self.bytes_in = 0
-        threading.Thread(target=self._serve, daemon=True, name="gpucell-data").start()
+        threading.Thread(target=self._serve, args=(self._sock,), daemon=True, name="gpucell-data").start()
+        if self._uds is not None:
+            threading.Thread(target=self._serve, args=(self._uds,), daemon=True, name="gpucell-data-shm").start()
 
-    def _serve(self) -> None:
+    def _serve(self, listener: socket.socket) -> None:
         while True:
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._handle, args=(conn, listener is self._uds), daemon=True).start()
 
-    def _handle(self, conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket, local: bool) -> None:
         with conn:
             try:
                 verb, ticket, *rest = _recv_line(conn).split(" ")
                 if not secrets.compare_digest(ticket, self.ticket):
                     conn.sendall(b"DENIED\n")
                     return
+                shm = local and verb.endswith("FD")
+                verb = verb.removesuffix("FD") if local else verb
                 if verb == "PUT":
-                    frames = recv_frames(conn, self.max_bytes)
+                    frames = recv_fd_frames(conn, self.max_bytes) if shm else recv_frames(conn, self.max_bytes)
                     with self.changed:
                         for digest, _type, header, buffers in frames:
                             self.received[digest] = (header, buffers)
@@ -130,8 +375,8 @@ class DataServer:
                     wanted = rest[0].split(",") if rest else []
                     with self.changed:
                         values = [self.outgoing[h] for h in wanted if h in self.outgoing]
-                    send_frames(conn, values)
-            except (ConnectionError, OSError, ValueError, KeyError):
+                    (send_fd_frames if shm else send_frames)(conn, values)
+            except (ConnectionError, OSError, ValueError, KeyError, TypeError):
                 return
 
     def take(self, digest: str) -> tuple[bytes, list[Any]] | None:
@@ -149,26 +394,52 @@ class DataServer:
             return True
 
     def close(self) -> None:
-        self._sock.close()
+        for listener in (self._sock, self._uds):
+            if listener is None:
+                continue
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in _serve (close alone does not)
+            except OSError:
+                pass
+            listener.close()
+        with self.changed:
+            self.received.clear()
+            self.outgoing.clear()
 
 
-def _connect(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
+# ------------------------------------------------------------------ the client's side
+
+
+def _connect(address: str) -> tuple[socket.socket, bool]:
+    """A connection to the data server, and whether it is the same-host one (descriptors may pass)."""
+    tcp, options = parse_address(address)
+    if shm_enabled() and options.get("uds") and options.get("boot") and options["boot"] == boot_id():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(60)
+        try:
+            sock.connect("\0" + options["uds"])
+            return sock, True
+        except OSError:  # another network namespace (a container) or the server is gone: TCP decides
+            sock.close()
+    host, _, port = tcp.rpartition(":")
     sock = socket.create_connection((host, int(port)), timeout=60)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return sock, False
 
 
 def put(address: str, ticket: str, values: list[Packed]) -> int:
-    with _connect(address) as sock:
-        sock.sendall(f"PUT {ticket}\n".encode())
-        sent = send_frames(sock, values)
+    sock, shm = _connect(address)
+    with sock:
+        sock.sendall(f"PUT{'FD' if shm else ''} {ticket}\n".encode())
+        sent = (send_fd_frames if shm else send_frames)(sock, values)
         if _recv_line(sock) != "OK":
             raise ConnectionError(f"the worker's data server at {address} refused the upload")
     return sent
 
 
 def get(address: str, ticket: str, hashes: list[str]) -> dict[str, tuple[bytes, list[Any]]]:
-    with _connect(address) as sock:
-        sock.sendall(f"GET {ticket} {','.join(hashes)}\n".encode())
-        return {digest: (header, buffers) for digest, _t, header, buffers in recv_frames(sock)}
+    sock, shm = _connect(address)
+    with sock:
+        sock.sendall(f"GET{'FD' if shm else ''} {ticket} {','.join(hashes)}\n".encode())
+        frames = recv_fd_frames(sock) if shm else recv_frames(sock)
+        return {digest: (header, buffers) for digest, _t, header, buffers in frames}

@@ -156,7 +156,7 @@ class Queued(_message.Message):
     def __init__(self, position: _Optional[int] = ..., hardware: _Optional[str] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("worker_id", "hardware", "cold", "node", "versions")
+    __slots__ = ("worker_id", "hardware", "cold", "node", "versions", "lane_address", "lane_ticket", "idle_timeout_s")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,12 +169,18 @@ class Started(_message.Message):
     COLD_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LANE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LANE_TICKET_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hardware: str
     cold: bool
     node: str
     versions: _containers.ScalarMap[str, str]
-    def __init__(self, worker_id: _Optional[str] = ..., hardware: _Optional[str] = ..., cold: _Optional[bool] = ..., node: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    lane_address: str
+    lane_ticket: str
+    idle_timeout_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., hardware: _Optional[str] = ..., cold: _Optional[bool] = ..., node: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., lane_address: _Optional[str] = ..., lane_ticket: _Optional[str] = ..., idle_timeout_s: _Optional[float] = ...) -> None: ...
 
 class Stream(_message.Message):
     __slots__ = ("name", "text")
@@ -423,7 +429,7 @@ class GpuInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., utilization: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
 
 class WorkerRegister(_message.Message):
-    __slots__ = ("worker_id", "hardware", "pid", "node", "versions", "gpus")
+    __slots__ = ("worker_id", "hardware", "pid", "node", "versions", "gpus", "lane_address", "lane_ticket")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -437,13 +443,17 @@ class WorkerRegister(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    LANE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LANE_TICKET_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hardware: str
     pid: int
     node: str
     versions: _containers.ScalarMap[str, str]
     gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
-    def __init__(self, worker_id: _Optional[str] = ..., hardware: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ...) -> None: ...
+    lane_address: str
+    lane_ticket: str
+    def __init__(self, worker_id: _Optional[str] = ..., hardware: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., lane_address: _Optional[str] = ..., lane_ticket: _Optional[str] = ...) -> None: ...
 
 class WorkerHeartbeat(_message.Message):
     __slots__ = ("gpus", "rss")
@@ -454,14 +464,36 @@ class WorkerHeartbeat(_message.Message):
     def __init__(self, gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., rss: _Optional[int] = ...) -> None: ...
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "event")
+    __slots__ = ("register", "heartbeat", "event", "lane")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    LANE_FIELD_NUMBER: _ClassVar[int]
     register: WorkerRegister
     heartbeat: WorkerHeartbeat
     event: CellEvent
-    def __init__(self, register: _Optional[_Union[WorkerRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[WorkerHeartbeat, _Mapping]] = ..., event: _Optional[_Union[CellEvent, _Mapping]] = ...) -> None: ...
+    lane: LaneActivity
+    def __init__(self, register: _Optional[_Union[WorkerRegister, _Mapping]] = ..., heartbeat: _Optional[_Union[WorkerHeartbeat, _Mapping]] = ..., event: _Optional[_Union[CellEvent, _Mapping]] = ..., lane: _Optional[_Union[LaneActivity, _Mapping]] = ...) -> None: ...
+
+class LaneActivity(_message.Message):
+    __slots__ = ("session_id", "cell_id", "finished", "ok")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CELL_ID_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    cell_id: str
+    finished: bool
+    ok: bool
+    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., finished: _Optional[bool] = ..., ok: _Optional[bool] = ...) -> None: ...
+
+class LaneRequest(_message.Message):
+    __slots__ = ("execute", "cancel")
+    EXECUTE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    execute: CellExecuteRequest
+    cancel: CellCancelRequest
+    def __init__(self, execute: _Optional[_Union[CellExecuteRequest, _Mapping]] = ..., cancel: _Optional[_Union[CellCancelRequest, _Mapping]] = ...) -> None: ...
 
 class WorkerShutdown(_message.Message):
     __slots__ = ("reason",)

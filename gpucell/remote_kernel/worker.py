@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import functools
 import os
 import platform
 import queue
@@ -24,6 +25,7 @@ from gpucell.namespace.transfer import DataServer
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
+from gpucell.remote_kernel.lane import LaneOut, LaneServer
 from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
 
 DEFAULT_RETURN_LIMIT = 256 * 1024 * 1024
@@ -54,6 +56,7 @@ class PrepareError(Exception):
         self.evalue = evalue
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "cloudpickle": cloudpickle.__version__}
     try:
@@ -77,6 +80,9 @@ class Worker:
         # Values by content hash, as last bound here: an unchanged input is rebound, never re-sent.
         self.cache: dict[str, Any] = {}
         self.data = DataServer(os.environ.get("GPUCELL_DATA_HOST", "127.0.0.1"))
+        self.lane = LaneServer(os.environ.get("GPUCELL_DATA_HOST", "127.0.0.1"), self)
+        self.lane_cells: dict[str, LaneOut] = {}   # cells that came over the lane: their events go back there
+        self.node = os.environ.get("GPUCELL_NODE", socket.gethostname())
         self.kept: dict[str, pb.RemoteRefInfo] = {}
         self._outgoing_cells: list[set[str]] = []   # large outputs of the last cells, newest last
         self.current_cell = ""
@@ -92,7 +98,12 @@ class Worker:
     # ------------------------------------------------------------ Emitter (called from user code)
 
     def _emit(self, cell_id: str, **kind: Any) -> None:
-        self.outbox.put(pb.WorkerMessage(event=pb.CellEvent(cell_id=cell_id, time=time.time(), **kind)))
+        event = pb.CellEvent(cell_id=cell_id, time=time.time(), **kind)
+        lane = self.lane_cells.get(cell_id)
+        if lane is not None:
+            lane.put(event)
+        else:
+            self.outbox.put(pb.WorkerMessage(event=event))
 
     def stream(self, name: str, text: str) -> None:
         if self.current_cell:
@@ -152,6 +163,14 @@ class Worker:
                     for stat in hardware.device_stats(uuids)] if uuids else []
             self.outbox.put(pb.WorkerMessage(heartbeat=pb.WorkerHeartbeat(rss=_rss(), gpus=gpus)))
 
+    def submit_lane(self, request: pb.CellExecuteRequest, out: LaneOut) -> None:
+        """A cell from the lane (called on its connection's thread): run it in turn on the main thread."""
+        self.lane_cells[request.cell_id] = out
+        self.inbox.put(pb.WorkerInstruction(execute=request))
+
+    def cancel(self, cell_id: str) -> None:
+        self._cancel(cell_id)
+
     def _cancel(self, cell_id: str) -> None:
         if cell_id != self.current_cell:
             return
@@ -177,7 +196,8 @@ class Worker:
         gpus = [pb.GpuInfo(name=d.name, uuid=d.uuid, memory_total=d.memory_total, label=d.label) for d in devices]
         register = pb.WorkerMessage(register=pb.WorkerRegister(
             worker_id=self.worker_id, hardware=self.hardware, pid=os.getpid(),
-            node=os.environ.get("GPUCELL_NODE", socket.gethostname()), versions=versions(), gpus=gpus))
+            node=self.node, versions=versions(), gpus=gpus, lane_address=self.lane.address,
+            lane_ticket=self.lane.ticket))
         threading.Thread(target=self._heartbeat, daemon=True, name="gpucell-heartbeat").start()
         # A worker that never served a session redials a restarted broker (with backoff, for a while);
         # one that did holds a session's state that no new broker knows, so it ends instead.
@@ -350,6 +370,16 @@ class Worker:
         started = time.perf_counter()
         ok = False
         received = sent = 0
+        lane = self.lane_cells.get(cell)
+        if lane is not None:
+            # 'started' reaches the client before user code runs, or the cell does not run at all: a
+            # client that never saw it sends the cell through the broker instead (at most once).
+            if not lane.send_now(pb.CellEvent(cell_id=cell, time=time.time(), started=pb.Started(
+                    worker_id=self.worker_id, hardware=self.hardware, node=self.node, versions=versions()))):
+                del self.lane_cells[cell]
+                self.current_cell = ""
+                return
+            self.outbox.put(pb.WorkerMessage(lane=pb.LaneActivity(session_id=req.session_id, cell_id=cell)))
         try:
             received, inputs = self._prepare(req)
             if self.cancelled_cell == cell:
@@ -380,6 +410,10 @@ class Worker:
         finally:
             self._emit(cell, finished=pb.Finished(run_s=time.perf_counter() - started, bytes_in=received,
                                                   bytes_out=sent, ok=ok))
+            if lane is not None:
+                del self.lane_cells[cell]
+                self.outbox.put(pb.WorkerMessage(lane=pb.LaneActivity(session_id=req.session_id, cell_id=cell,
+                                                                      finished=True, ok=ok)))
             self.current_cell = ""
             self.cancelled_cell = ""
 

@@ -1,0 +1,164 @@
+"""The bulk data path on one host: memfd over a Unix socket, and TCP (GPUCELL_SHM=0), through a real DataServer."""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from conftest import magics_of
+from gpucell.namespace import serialize, transfer
+from gpucell.namespace.transfer import DataServer
+
+needs_shm = pytest.mark.skipif(not transfer.SHM_SUPPORTED, reason="memfd and SCM_RIGHTS are Linux-only")
+
+
+@pytest.fixture(params=["shm", "tcp"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "shm":
+        if not transfer.SHM_SUPPORTED:
+            pytest.skip("memfd and SCM_RIGHTS are Linux-only")
+        monkeypatch.delenv("GPUCELL_SHM", raising=False)
+    else:
+        monkeypatch.setenv("GPUCELL_SHM", "0")
+    return str(request.param)
+
+
+@pytest.fixture
+def server() -> Iterator[DataServer]:
+    srv = DataServer("127.0.0.1")
+    yield srv
+    srv.close()
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _shm_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("memfd:gpucell-" in line for line in f)
+
+
+def _values() -> dict[str, object]:
+    big = np.arange(3_000_000, dtype=np.float64)  # 24 MB: split over two memfds where two writers exist
+    return {"big": big, "grid": np.arange(60_000, dtype=np.int32).reshape(200, 300)[:, ::2],
+            "raw": bytes(range(256)) * 5000, "small": {"k": [1, 2.5, "x"]}, "empty": np.zeros(0)}
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+    return a == b
+
+
+def test_address_advertises_the_local_socket(server: DataServer) -> None:
+    tcp, options = transfer.parse_address(server.address)
+    assert tcp.startswith("127.0.0.1:")
+    if transfer.SHM_SUPPORTED:
+        assert options["boot"] == transfer.boot_id() and options["uds"]
+
+
+def test_round_trip_put_and_get(server: DataServer, path: str) -> None:
+    maps = _shm_maps()
+    values = _values()
+    packed = [serialize.pack(name, v) for name, v in values.items()]
+    sent = transfer.put(server.address, server.ticket, packed)
+    assert sent == sum(p.size for p in packed)
+    assert server.bytes_in == sent
+    arrived = {name: serialize.unpack(*server.take(p.hash)) for name, p in zip(values, packed)}  # type: ignore[misc]
+    for name, value in values.items():
+        assert _same(value, arrived[name]), name
+    # Shared memory lands as a private mapping of the sender's memfds; TCP as the receiver's own buffers.
+    assert (_shm_maps() > maps) == (path == "shm")
+    # The receiver may write: its copy is private, the sender's value is untouched.
+    arrived["big"][:10] = -1  # type: ignore[index]
+    assert values["big"][0] == 0  # type: ignore[index]
+    back = serialize.pack("big", arrived["big"])
+    server.outgoing[back.hash] = back
+    fetched = transfer.get(server.address, server.ticket, [back.hash, "not-there"])
+    assert list(fetched) == [back.hash]
+    again = serialize.unpack(*fetched[back.hash])
+    assert _same(again, arrived["big"]) and again.flags.writeable
+    assert serialize.pack("big", again).hash == back.hash
+
+
+def test_wrong_ticket_is_refused(server: DataServer, path: str) -> None:
+    packed = serialize.pack("a", np.ones(1_000_000))
+    with pytest.raises(OSError):
+        transfer.put(server.address, "wrong", [packed])
+    assert server.received == {} and server.bytes_in == 0
+    server.outgoing[packed.hash] = packed
+    with pytest.raises(OSError):
+        transfer.get(server.address, "wrong", [packed.hash])
+
+
+def test_over_limit_refused_before_mapping(server: DataServer, path: str) -> None:
+    server.max_bytes = 1_000_000
+    maps_before = _shm_maps()
+    with pytest.raises(OSError):
+        transfer.put(server.address, server.ticket, [serialize.pack("a", np.ones(500_000))])  # 4 MB
+    assert server.received == {} and server.bytes_in == 0
+    assert _shm_maps() == maps_before  # nothing was mapped (nor, on TCP, allocated) for it
+    ok = serialize.pack("b", np.ones(1000))
+    transfer.put(server.address, server.ticket, [ok])
+    assert server.take(ok.hash) is not None
+
+
+def test_no_descriptor_or_mapping_leaks(server: DataServer, path: str) -> None:
+    def cycle() -> None:
+        packed = [serialize.pack(name, v) for name, v in _values().items()]
+        transfer.put(server.address, server.ticket, packed)
+        loaded = [serialize.unpack(*server.take(p.hash)) for p in packed]  # type: ignore[misc]
+        for p in packed:
+            server.outgoing[p.hash] = p
+        got = transfer.get(server.address, server.ticket, [p.hash for p in packed])
+        assert len(got) == len(packed) and len(loaded) == len(packed)
+        server.outgoing.clear()
+
+    cycle()  # first use starts the server's threads and the writer pool
+    gc.collect()
+    fds, maps = _fds(), _shm_maps()
+    for _ in range(3):
+        cycle()
+    gc.collect()
+    assert _fds() == fds
+    assert _shm_maps() == maps
+
+
+@needs_shm
+def test_different_kernel_or_disabled_falls_back_to_tcp(server: DataServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    maps = _shm_maps()
+    tcp, options = transfer.parse_address(server.address)
+    other = f"{tcp};uds={options['uds']};boot=00000000-0000-0000-0000-000000000000"
+    packed = serialize.pack("a", np.arange(1_000_000))
+    transfer.put(other, server.ticket, [packed])
+    header, buffers = server.take(packed.hash)  # type: ignore[misc]
+    assert not isinstance(buffers[0], memoryview) and _shm_maps() == maps  # received into its own buffers: TCP
+    del header, buffers
+    monkeypatch.setenv("GPUCELL_SHM", "0")
+    transfer.put(server.address, server.ticket, [packed])
+    assert not isinstance(server.take(packed.hash)[1][0], memoryview)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("shm", ["", "0"])
+def test_large_array_through_the_real_stack(shell, monkeypatch: pytest.MonkeyPatch, shm: str) -> None:  # type: ignore[no-untyped-def]
+    # Set before the first cell: the worker is started then, and inherits the environment.
+    if shm:
+        monkeypatch.setenv("GPUCELL_SHM", shm)
+    else:
+        monkeypatch.delenv("GPUCELL_SHM", raising=False)
+    arr = np.arange(50_000_000 // 8, dtype=np.float64)  # 50 MB: over the data path, not inline
+    shell.user_ns["arr"] = arr
+    shell.run_cell_magic("gpu", "cpu", "total = float(arr.sum())\narr[:5] = -7.0\n")
+    report = magics_of(shell).session.last_report
+    assert report.finished.bytes_in >= arr.nbytes
+    n = arr.size
+    assert shell.user_ns["total"] == n * (n - 1) / 2
+    back = shell.user_ns["arr"]
+    assert back is not arr and back.shape == arr.shape and back.dtype == arr.dtype
+    assert (back[:5] == -7.0).all() and np.array_equal(back[5:], arr[5:])
+    assert arr[0] == 0.0  # the local original was not written through
