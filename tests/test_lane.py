@@ -138,3 +138,15 @@ def test_lane_output_arrives_complete_and_in_order(cluster: Cluster) -> None:
     assert stdout == "".join(f"{i}\n" for i in range(20000))
     assert "err" in "".join(text for _, name, text in sink.items if name == "stderr")
     session.close()
+
+
+def test_a_lane_cell_that_kills_its_worker_at_once_gets_the_reason(cluster: Cluster) -> None:
+    # The broker hears of a short lane cell only when it ends; this one never ends, yet the user still
+    # learns why the worker went.
+    session = Session(cluster.client())
+    run(session, "x = 1\n")
+    with pytest.raises(WorkerLostError, match="worker lost: .*signal"):
+        run(session, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    assert session.last_report.lane  # type: ignore[union-attr]
+    assert run(session, "y = 2\n").cold
+    session.close()

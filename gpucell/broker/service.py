@@ -120,6 +120,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.journal = Journal(os.path.join(self.log_dir, "journal.sqlite"))
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.gone_reasons: dict[str, str] = {}           # worker -> why it went (the last 1,000)
         self._parked: list[tuple[CellRun, str]] = []   # cells dispatched to a worker whose stream had dropped
         self._last_checkpoint = time.monotonic()
 
@@ -225,6 +226,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                          context: aio.ServicerContext) -> AsyncIterator[pb.CellEvent]:
         await self._check_or_abort(context)
         run = self.cells.get(request.cell_id)
+        if run is None and request.lane_worker_id:
+            run = self._lane_run_lost(request)
         if run is None or run.request.session_id != request.session_id:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"cell {request.cell_id} is gone (it finished more than "
                                 f"{self.config.reattach_grace_s:g}s ago, or belongs to another session)")
@@ -356,8 +359,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 del self.conns[conn.worker_id]
                 record = self.launches.get(conn.worker_id)
                 if record is None:
-                    self.apply(self.scheduler.handle(sch.WorkerGone(conn.worker_id, time.monotonic(),
-                                                                    "worker disconnected")))
+                    self._worker_gone(sch.WorkerGone(conn.worker_id, time.monotonic(), "worker disconnected"))
                 else:
                     # Its provisioner usually knows better than a dropped stream why (killed by a
                     # signal, its node died): give the tick loop's poll a moment to say so.
@@ -368,7 +370,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         while self.launches.get(worker_id) is record and time.monotonic() < deadline:
             await asyncio.sleep(TICK_S)  # a bounded wait for the provisioner's reason
         if self.launches.get(worker_id) is record:
-            self.apply(self.scheduler.handle(sch.WorkerGone(worker_id, time.monotonic(), "worker disconnected")))
+            self._worker_gone(sch.WorkerGone(worker_id, time.monotonic(), "worker disconnected"))
 
     async def _read_worker(self, conn: WorkerConn, messages: AsyncIterator[pb.WorkerMessage]) -> None:
         try:
@@ -399,7 +401,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             record = self.launches.pop(conn.worker_id, None)
             if record is not None:
                 self._spawn(record.provisioner.terminate(conn.worker_id, grace_s=0.0))
-            self.apply(self.scheduler.handle(sch.WorkerGone(conn.worker_id, time.monotonic(), reason)))
+            self._worker_gone(sch.WorkerGone(conn.worker_id, time.monotonic(), reason))
 
     def _on_worker_event(self, conn: WorkerConn, event: pb.CellEvent) -> None:
         run = self.cells.get(event.cell_id)
@@ -420,10 +422,37 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             run.outcome = event.error.kind or "user"
         run.push(event)
 
+    def _worker_gone(self, event: sch.WorkerGone) -> None:
+        self.gone_reasons[event.worker_id] = event.reason
+        while len(self.gone_reasons) > 1000:
+            del self.gone_reasons[next(iter(self.gone_reasons))]
+        self.apply(self.scheduler.handle(event))
+
+    def _lane_run_lost(self, request: pb.CellAttachRequest) -> CellRun | None:
+        """The client lost a lane cell we never heard of: track it on its worker, whose loss fails it with
+        the reason; if the worker is already gone, say why now."""
+        worker = self.scheduler.workers.get(request.lane_worker_id)
+        if worker is not None and worker.session != request.session_id:
+            return None
+        now = time.monotonic()
+        pool = worker.pool if worker is not None else ""
+        run = CellRun(pb.CellExecuteRequest(session_id=request.session_id, cell_id=request.cell_id), pool, now,
+                      worker_id=request.lane_worker_id, dispatched=now)
+        self.cells[request.cell_id] = run
+        if worker is None or worker.state is sch.WorkerState.RELEASING:
+            reason = self.gone_reasons.get(request.lane_worker_id, "its connection closed")
+            self._fail(run, reason if reason.startswith("worker lost") else f"worker lost: {reason}", "worker_lost")
+        else:
+            self.apply(self.scheduler.handle(sch.LaneCellStarted(request.cell_id, worker.id, now)))
+        return run
+
     def _on_lane(self, conn: WorkerConn, activity: pb.LaneActivity) -> None:
         """A cell on the worker's direct lane: keep the scheduler's view (busy, idle clock, usage) true."""
         now = time.monotonic()
         if activity.finished:
+            if activity.cell_id not in self.cells:
+                # A short cell is reported once, when it ends: it ran, so the idle clock restarts now.
+                self.apply(self.scheduler.handle(sch.LaneCellStarted(activity.cell_id, conn.worker_id, now)))
             run = self.cells.pop(activity.cell_id, None)
             if run is not None and not run.done:
                 run.done = True
@@ -496,7 +525,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         except Exception as exc:  # noqa: BLE001 - any launch failure fails the waiting cell with its reason
             log.exception("launch of %s failed", worker_id)
             self.launches.pop(worker_id, None)
-            self.apply(self.scheduler.handle(sch.WorkerGone(worker_id, time.monotonic(), f"launch failed: {exc}")))
+            self._worker_gone(sch.WorkerGone(worker_id, time.monotonic(), f"launch failed: {exc}"))
 
     def _dispatch(self, ins: sch.Dispatch) -> None:
         run = self.cells.get(ins.cell_id)
@@ -621,11 +650,11 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 conn = self.conns.pop(worker_id, None)
                 if conn is not None:
                     conn.outbox.put_nowait(None)
-                self.apply(self.scheduler.handle(sch.WorkerGone(worker_id, now, reason)))
+                self._worker_gone(sch.WorkerGone(worker_id, now, reason))
             elif not record.ready and now - record.launched > self.config.worker_start_timeout:
                 await record.provisioner.terminate(worker_id, grace_s=0.5)
-                self.apply(self.scheduler.handle(sch.WorkerGone(
-                    worker_id, now, f"did not register within {self.config.worker_start_timeout:g}s")))
+                self._worker_gone(sch.WorkerGone(
+                    worker_id, now, f"did not register within {self.config.worker_start_timeout:g}s"))
         for conn in list(self.conns.values()):
             if now - conn.last_seen > self.config.heartbeat_timeout:
                 self.conns.pop(conn.worker_id, None)
@@ -633,8 +662,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 record = self.launches.get(conn.worker_id)
                 if record is not None:
                     await record.provisioner.terminate(conn.worker_id, grace_s=0.5)
-                self.apply(self.scheduler.handle(sch.WorkerGone(
-                    conn.worker_id, now, f"no heartbeat for {self.config.heartbeat_timeout:g}s")))
+                self._worker_gone(sch.WorkerGone(
+                    conn.worker_id, now, f"no heartbeat for {self.config.heartbeat_timeout:g}s"))
         self.apply(self.scheduler.handle(sch.Tick(now)))
         self._update_gauges()
         if now - self._last_checkpoint > 5.0:

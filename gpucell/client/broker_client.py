@@ -118,10 +118,12 @@ class BrokerClient:
         finally:
             call.cancel()
 
-    def attach(self, session_id: str, cell_id: str, timeout: float) -> Iterator[pb.CellEvent]:
-        """A cell's events from the start, as the broker logged them (it may still be running)."""
+    def attach(self, session_id: str, cell_id: str, timeout: float, lane_worker_id: str = "") -> Iterator[pb.CellEvent]:
+        """A cell's events from the start, as the broker logged them (it may still be running); with
+        lane_worker_id, a lane cell the broker may not have heard of, bound to that worker's fate."""
         self.ensure_ready()
-        call = self._stub.CellAttach(pb.CellAttachRequest(session_id=session_id, cell_id=cell_id),
+        call = self._stub.CellAttach(pb.CellAttachRequest(session_id=session_id, cell_id=cell_id,
+                                                          lane_worker_id=lane_worker_id),
                                      metadata=self._metadata, timeout=timeout)
         try:
             yield from call

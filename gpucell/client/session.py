@@ -268,7 +268,7 @@ class Session:
         """The worker went away mid-cell: the broker failed the cell with the reason (killed, out of
         memory, node died); read it from there, or say what we know."""
         try:
-            for event in self.client.attach(self.session_id, request.cell_id, LOST_REASON_WAIT_S):
+            for event in self.client.attach(self.session_id, request.cell_id, LOST_REASON_WAIT_S, lane.worker_id):
                 if event.WhichOneof("kind") in ("error", "finished"):
                     yield event
         except GpucellError:

@@ -253,14 +253,16 @@ class Notice(_message.Message):
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
 class CellAttachRequest(_message.Message):
-    __slots__ = ("session_id", "cell_id", "after_seq")
+    __slots__ = ("session_id", "cell_id", "after_seq", "lane_worker_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LANE_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     cell_id: str
     after_seq: int
-    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    lane_worker_id: str
+    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., lane_worker_id: _Optional[str] = ...) -> None: ...
 
 class CellCancelRequest(_message.Message):
     __slots__ = ("session_id", "cell_id")

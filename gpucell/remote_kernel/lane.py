@@ -6,6 +6,8 @@ import queue
 import secrets
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
@@ -21,51 +23,64 @@ class LaneHost(Protocol):
 
 
 class LaneOut:
-    """Events back to one lane client, sent by their own thread so user code never blocks on the socket;
-    consecutive output chunks of a stream are merged when they pile up (a print loop)."""
+    """Events back to one lane client. Output from user code (prints, displays) is queued and sent by
+    its own thread, so user code never blocks on the socket, and consecutive chunks of a stream are
+    merged when they pile up; `started` and `finished` go on the caller's thread with whatever is queued
+    (no thread hand-off on the round trip)."""
 
     def __init__(self, conn: socket.socket) -> None:
         self._conn = conn
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[pb.CellEvent | None] = queue.SimpleQueue()
+        self._alive = True
         threading.Thread(target=self._send_loop, daemon=True, name="gpucell-lane-out").start()
 
     def put(self, event: pb.CellEvent) -> None:
         self._queue.put(event)
 
     def send_now(self, event: pb.CellEvent) -> bool:
-        """Send on the caller's thread (`started`, before user code runs): the client must know the cell
-        was taken before anything can happen to it, and a cell whose client is gone is not run."""
+        """Send what is queued, then this event; False if the client is gone. `started` is sent so before
+        user code runs: the client must know the cell was taken, and a cell whose client is gone is not run."""
         with self._lock:
-            try:
-                self._conn.sendall(lane.frame(event))
-                return True
-            except OSError:
-                return False
+            batch, closing = self._drain()
+            if closing:
+                self._queue.put(None)  # the sender thread still has to see it
+            return self._send([*batch, event])
 
     def close(self) -> None:
         self._queue.put(None)
 
-    def _send_loop(self) -> None:
-        alive = True
+    def _drain(self) -> tuple[list[pb.CellEvent], bool]:
+        batch: list[pb.CellEvent] = []
+        closing = False
         while True:
-            batch = [self._queue.get()]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            done = None in batch
-            if alive:
-                data = b"".join(lane.frame(e) for e in _merge([e for e in batch if e is not None]))
-                with self._lock:
-                    try:
-                        self._conn.sendall(data)
-                    except OSError:
-                        alive = False  # the client went away: the cell runs on, its events are dropped
-            if done:
-                self._conn.close()
-                return
+            try:
+                event = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, closing
+            if event is None:
+                closing = True
+            elif not closing:
+                batch.append(event)
+
+    def _send(self, batch: list[pb.CellEvent]) -> bool:
+        if self._alive and batch:
+            try:
+                self._conn.sendall(b"".join(lane.frame(e) for e in _merge(batch)))
+            except OSError:
+                self._alive = False  # the client went away: the cell runs on, its events are dropped
+        return self._alive
+
+    def _send_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            with self._lock:
+                batch, closing = self._drain()
+                if first is None or closing:
+                    self._send([] if first is None else [first, *batch])
+                    self._conn.close()
+                    return
+                self._send([first, *batch])
 
 
 def _merge(events: list[pb.CellEvent]) -> list[pb.CellEvent]:
@@ -127,3 +142,36 @@ class LaneServer:
 
     def close(self) -> None:
         self._sock.close()
+
+
+class LaneActivityReporter:
+    """Tells the broker when lane cells run, off the round trip: a cell is reported as started only once it
+    has run for REPORT_AFTER_S (a short cell is reported once, when it ends: the broker treats that as
+    started-and-finished). The client never sends a lane cell within 0.5 s of the idle timeout, so the
+    broker cannot release the worker under a cell it has not heard of yet."""
+
+    REPORT_AFTER_S = 0.05
+
+    def __init__(self, send: Callable[[pb.LaneActivity], None]) -> None:
+        self._send = send
+        self._lock = threading.Lock()
+        self._current: tuple[str, str, float] | None = None   # session, cell, when to report it started
+        threading.Thread(target=self._loop, daemon=True, name="gpucell-lane-activity").start()
+
+    def started(self, session_id: str, cell_id: str) -> None:
+        with self._lock:
+            self._current = (session_id, cell_id, time.monotonic() + self.REPORT_AFTER_S)
+
+    def finished(self, session_id: str, cell_id: str, ok: bool) -> None:
+        with self._lock:
+            self._current = None
+        self._send(pb.LaneActivity(session_id=session_id, cell_id=cell_id, finished=True, ok=ok))
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.REPORT_AFTER_S)  # a 20 Hz check: waking this thread per cell would cost the round trip
+            with self._lock:
+                current = self._current
+                if current is not None and time.monotonic() >= current[2]:
+                    self._send(pb.LaneActivity(session_id=current[0], cell_id=current[1]))
+                    self._current = None

@@ -25,7 +25,7 @@ from gpucell.namespace.transfer import DataServer
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
-from gpucell.remote_kernel.lane import LaneOut, LaneServer
+from gpucell.remote_kernel.lane import LaneActivityReporter, LaneOut, LaneServer
 from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
 
 DEFAULT_RETURN_LIMIT = 256 * 1024 * 1024
@@ -82,6 +82,7 @@ class Worker:
         self.data = DataServer(os.environ.get("GPUCELL_DATA_HOST", "127.0.0.1"))
         self.lane = LaneServer(os.environ.get("GPUCELL_DATA_HOST", "127.0.0.1"), self)
         self.lane_cells: dict[str, LaneOut] = {}   # cells that came over the lane: their events go back there
+        self.lane_activity = LaneActivityReporter(lambda activity: self.outbox.put(pb.WorkerMessage(lane=activity)))
         self.node = os.environ.get("GPUCELL_NODE", socket.gethostname())
         self.kept: dict[str, pb.RemoteRefInfo] = {}
         self._outgoing_cells: list[set[str]] = []   # large outputs of the last cells, newest last
@@ -100,7 +101,9 @@ class Worker:
     def _emit(self, cell_id: str, **kind: Any) -> None:
         event = pb.CellEvent(cell_id=cell_id, time=time.time(), **kind)
         lane = self.lane_cells.get(cell_id)
-        if lane is not None:
+        if lane is not None and "finished" in kind:
+            lane.send_now(event)   # with the result queued before it, on this thread: the round trip's end
+        elif lane is not None:
             lane.put(event)
         else:
             self.outbox.put(pb.WorkerMessage(event=event))
@@ -379,7 +382,7 @@ class Worker:
                 del self.lane_cells[cell]
                 self.current_cell = ""
                 return
-            self.outbox.put(pb.WorkerMessage(lane=pb.LaneActivity(session_id=req.session_id, cell_id=cell)))
+            self.lane_activity.started(req.session_id, cell)
         try:
             received, inputs = self._prepare(req)
             if self.cancelled_cell == cell:
@@ -412,8 +415,7 @@ class Worker:
                                                   bytes_out=sent, ok=ok))
             if lane is not None:
                 del self.lane_cells[cell]
-                self.outbox.put(pb.WorkerMessage(lane=pb.LaneActivity(session_id=req.session_id, cell_id=cell,
-                                                                      finished=True, ok=ok)))
+                self.lane_activity.finished(req.session_id, cell, ok)
             self.current_cell = ""
             self.cancelled_cell = ""
 
