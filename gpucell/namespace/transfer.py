@@ -340,6 +340,7 @@ class DataServer:
                 uds.close()
         self.received: dict[str, tuple[bytes, list[Any]]] = {}
         self.outgoing: dict[str, Packed] = {}
+        self._offers: dict[str, int] = {}      # outgoing hash -> GETs still expected
         self.changed = threading.Condition()
         self.bytes_in = 0
         threading.Thread(target=self._serve, args=(self._sock,), daemon=True, name="gpucell-data").start()
@@ -376,8 +377,31 @@ class DataServer:
                     with self.changed:
                         values = [self.outgoing[h] for h in wanted if h in self.outgoing]
                     (send_fd_frames if shm else send_frames)(conn, values)
+                    self._fetched([v.hash for v in values])
             except (ConnectionError, OSError, ValueError, KeyError, TypeError):
                 return
+
+    def offer(self, packed: Packed) -> None:
+        """A cell's large output, for its client to GET once (a pipelined client may hold two offers of it)."""
+        with self.changed:
+            self.outgoing[packed.hash] = packed
+            self._offers[packed.hash] = self._offers.get(packed.hash, 0) + 1
+
+    def withdraw(self, digest: str) -> None:
+        with self.changed:
+            self.outgoing.pop(digest, None)
+            self._offers.pop(digest, None)
+
+    def _fetched(self, digests: list[str]) -> None:
+        # Fetched: let go of it at once, so the memory is free (and warm) for the next cell's values.
+        with self.changed:
+            for digest in digests:
+                left = self._offers.get(digest, 1) - 1
+                if left <= 0:
+                    self.outgoing.pop(digest, None)
+                    self._offers.pop(digest, None)
+                else:
+                    self._offers[digest] = left
 
     def take(self, digest: str) -> tuple[bytes, list[Any]] | None:
         with self.changed:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import secrets
 import socket
 import threading
@@ -30,38 +29,30 @@ class LaneOut:
 
     def __init__(self, conn: socket.socket) -> None:
         self._conn = conn
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[pb.CellEvent | None] = queue.SimpleQueue()
+        self._cond = threading.Condition()      # guards _items and _closing
+        self._send_lock = threading.Lock()      # whoever takes events from _items sends them before letting go
+        self._items: list[pb.CellEvent] = []
+        self._closing = False
         self._alive = True
         threading.Thread(target=self._send_loop, daemon=True, name="gpucell-lane-out").start()
 
     def put(self, event: pb.CellEvent) -> None:
-        self._queue.put(event)
+        with self._cond:
+            self._items.append(event)
+            self._cond.notify()
 
     def send_now(self, event: pb.CellEvent) -> bool:
         """Send what is queued, then this event; False if the client is gone. `started` is sent so before
         user code runs: the client must know the cell was taken, and a cell whose client is gone is not run."""
-        with self._lock:
-            batch, closing = self._drain()
-            if closing:
-                self._queue.put(None)  # the sender thread still has to see it
+        with self._send_lock:
+            with self._cond:
+                batch, self._items = self._items, []
             return self._send([*batch, event])
 
     def close(self) -> None:
-        self._queue.put(None)
-
-    def _drain(self) -> tuple[list[pb.CellEvent], bool]:
-        batch: list[pb.CellEvent] = []
-        closing = False
-        while True:
-            try:
-                event = self._queue.get_nowait()
-            except queue.Empty:
-                return batch, closing
-            if event is None:
-                closing = True
-            elif not closing:
-                batch.append(event)
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
 
     def _send(self, batch: list[pb.CellEvent]) -> bool:
         if self._alive and batch:
@@ -73,14 +64,17 @@ class LaneOut:
 
     def _send_loop(self) -> None:
         while True:
-            first = self._queue.get()
-            with self._lock:
-                batch, closing = self._drain()
-                if first is None or closing:
-                    self._send([] if first is None else [first, *batch])
+            with self._cond:
+                while not self._items and not self._closing:
+                    self._cond.wait()
+            with self._send_lock:
+                with self._cond:
+                    batch, self._items = self._items, []
+                    closing = self._closing
+                self._send(batch)
+                if closing:
                     self._conn.close()
                     return
-                self._send([first, *batch])
 
 
 def _merge(events: list[pb.CellEvent]) -> list[pb.CellEvent]:

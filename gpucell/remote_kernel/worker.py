@@ -304,9 +304,8 @@ class Worker:
         # keeps two cells per worker) may still be fetching them. The cell before that has had its turn.
         if len(self._outgoing_cells) == 2:
             oldest = self._outgoing_cells.pop(0)
-            with self.data.changed:
-                for digest in oldest - self._outgoing_cells[0]:
-                    self.data.outgoing.pop(digest, None)
+            for digest in oldest - self._outgoing_cells[0]:
+                self.data.withdraw(digest)   # never fetched (its client went away)
         mine: set[str] = set()
         sent = 0
         limit = req.options.return_limit or DEFAULT_RETURN_LIMIT
@@ -340,8 +339,7 @@ class Worker:
             result.outputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
                                                 size=packed.size, fetch=fetch))
             if fetch:
-                with self.data.changed:
-                    self.data.outgoing[packed.hash] = packed
+                self.data.offer(packed)
                 mine.add(packed.hash)
             else:
                 result.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
