@@ -9,7 +9,6 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import grpc
 from grpc import aio
@@ -18,6 +17,7 @@ from gpucell.broker import scheduler as sch
 from gpucell.broker.journal import Journal
 from gpucell.broker.metrics import BrokerMetrics
 from gpucell.broker.provisioners import LaunchSpec, Provisioner, load_provisioner
+from gpucell.broker.runs import CellRun, LaunchRecord, WorkerConn
 from gpucell.config import ENV_TLS_CA, BrokerConfig
 from gpucell.hardware import KNOWN_LABELS
 from gpucell.protocol import gpucell_pb2 as pb
@@ -27,69 +27,6 @@ log = logging.getLogger("gpucell.broker")
 
 TICK_S = 0.1
 DROPPED_REASON_GRACE_S = 3.0  # within the 5 s a lost worker's cell may take to fail
-
-
-@dataclass
-class CellRun:
-    """One submitted cell and the log of its events, which any (re-)attached client stream follows."""
-
-    request: pb.CellExecuteRequest
-    pool: str
-    submitted: float
-    log: list[pb.CellEvent] = field(default_factory=list)
-    closed: bool = False
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    attached: int = 0
-    worker_id: str = ""
-    dispatched: float = 0.0
-    cold_start_s: float = 0.0
-    done: bool = False
-    timed_out: bool = False
-    timer: asyncio.TimerHandle | None = None
-    outcome: str = "user"
-    detach_timer: asyncio.TimerHandle | None = None
-
-    def push(self, event: pb.CellEvent) -> None:
-        event.seq = len(self.log) + 1
-        self.log.append(event)
-        self.wake.set()
-        self.wake = asyncio.Event()
-
-    def close(self) -> None:
-        self.closed = True
-        self.wake.set()
-
-    async def follow(self, after: int) -> AsyncIterator[pb.CellEvent]:
-        index = after
-        while True:
-            while index < len(self.log):
-                yield self.log[index]
-                index += 1
-            if self.closed:
-                return
-            await self.wake.wait()
-
-
-@dataclass
-class WorkerConn:
-    worker_id: str
-    pool: str
-    pid: int
-    node: str
-    versions: dict[str, str]
-    outbox: asyncio.Queue[pb.WorkerInstruction | None] = field(default_factory=asyncio.Queue)
-    last_seen: float = field(default_factory=time.monotonic)
-    gpus: list[pb.GpuInfo] = field(default_factory=list)
-    lane_address: str = ""
-    lane_ticket: str = ""
-
-
-@dataclass
-class LaunchRecord:
-    pool: str
-    launched: float
-    provisioner: Provisioner
-    ready: float = 0.0
 
 
 def _bearer(context: aio.ServicerContext) -> str:
