@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,15 @@ def _worker_pids(client: BrokerClient) -> list[int]:
     return [w["pid"] for p in client.status()["pools"].values() for w in p["workers"] if w["pid"]]
 
 
+def _shut_down(broker: BrokerProcess, client: BrokerClient | None, pids: Iterable[int]) -> None:
+    """Stop the broker, then check that every worker it had went with it."""
+    if client is not None:
+        client.close()
+    broker.stop()
+    for pid in pids:
+        wait_for(lambda pid=pid: not pid_alive(pid), 20, what=f"worker {pid} to exit")
+
+
 def test_broker_killed_mid_map_and_restarted_loses_and_doubles_nothing(tmp_path: Path) -> None:
     broker = BrokerProcess(tmp_path, CPU_POOL)
     pids: set[int] = set()
@@ -181,11 +190,7 @@ def test_broker_killed_mid_map_and_restarted_loses_and_doubles_nothing(tmp_path:
         assert fanout.reconnects >= 1 and fanout.failed == 0
         pids.update(_worker_pids(client))
     finally:
-        if client is not None:
-            client.close()
-        broker.stop()
-        for pid in pids:
-            wait_for(lambda pid=pid: not pid_alive(pid), 20, what=f"worker {pid} to exit")
+        _shut_down(broker, client, pids)
 
 
 def test_a_broker_that_stays_down_stops_the_map_with_a_clear_error(tmp_path: Path,
@@ -226,11 +231,7 @@ def test_a_broker_that_stays_down_stops_the_map_with_a_clear_error(tmp_path: Pat
         assert type(outcome[0]).__name__ == "BrokerUnavailableError"
         assert len(results) < 500
     finally:
-        if client is not None:
-            client.close()
-        broker.stop()
-        for pid in pids:
-            wait_for(lambda pid=pid: not pid_alive(pid), 20, what=f"worker {pid} to exit")
+        _shut_down(broker, client, pids)
 
 
 def test_a_hand_started_worker_redials_a_restarted_broker(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 # Ray must stay on loopback, quiet and without auth in tests; set before Ray is imported or started.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -22,7 +21,7 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 ray = pytest.importorskip("ray")
 import ray.cluster_utils  # noqa: E402
 
-from conftest import Cluster, RecordingSink, make_cluster, pid_alive, wait_for  # noqa: E402
+from conftest import Cluster, RecordingSink, loaded_shell, make_cluster, pid_alive, wait_for  # noqa: E402
 from gpucell.broker.provisioners import load_provisioner  # noqa: E402
 from gpucell.broker.provisioners.ray import ACCELERATOR_SHARE, RayProvisioner, placement  # noqa: E402
 from gpucell.client.session import CellOptions, Session  # noqa: E402
@@ -165,12 +164,7 @@ def test_placement_asks_for_gpus_and_the_accelerator_resource() -> None:
 
 def test_cells_land_on_the_node_with_their_accelerator(ray_cluster: RayCluster, broker: Cluster,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPUCELL_BROKER", broker.address)
-    monkeypatch.setenv("GPUCELL_TOKEN", broker.token)
-    sh = InteractiveShell.instance()
-    sh.reset(new_session=False)
-    sh.run_line_magic("load_ext", "gpucell")
-    try:
+    with loaded_shell(broker, monkeypatch) as sh:
         sh.run_cell_magic("gpu", "A100", WHERE)
         assert sh.user_ns["node"] == ray_cluster.node_id("A100") and sh.user_ns["hw"] == "A100"
         sh.run_cell_magic("gpu", "T4", WHERE)
@@ -178,9 +172,6 @@ def test_cells_land_on_the_node_with_their_accelerator(ray_cluster: RayCluster, 
         # The broker's status says where each worker runs.
         assert {w["node"] for w in workers(broker, "A100")} == {ray_cluster.node_id("A100")}
         assert {w["node"] for w in workers(broker, "T4")} == {ray_cluster.node_id("T4")}
-    finally:
-        sh.run_line_magic("unload_ext", "gpucell")
-        sh.reset(new_session=False)
 
 
 def test_scale_to_zero_kills_the_actor_and_its_worker(ray_cluster: RayCluster, tmp_path: Path) -> None:

@@ -366,21 +366,25 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.apply(self.scheduler.handle(event))
 
     def _lane_run_lost(self, request: pb.CellAttachRequest) -> CellRun | None:
-        """The client lost a lane cell we never heard of: track it on its worker, whose loss fails it with
-        the reason; if the worker is already gone, say why now."""
+        """The client lost a lane cell we may never have heard of (short cells are reported when they end)."""
         worker = self.scheduler.workers.get(request.lane_worker_id)
         if worker is not None and worker.session != request.session_id:
             return None
-        now = time.monotonic()
-        pool = worker.pool if worker is not None else ""
-        run = CellRun(pb.CellExecuteRequest(session_id=request.session_id, cell_id=request.cell_id), pool, now,
-                      worker_id=request.lane_worker_id, dispatched=now)
-        self.cells[request.cell_id] = run
+        return self._lane_run(request.session_id, request.cell_id, request.lane_worker_id, time.monotonic())
+
+    def _lane_run(self, session_id: str, cell_id: str, worker_id: str, now: float) -> CellRun:
+        """A lane cell's run, without a client stream: if its worker dies mid-cell, the scheduler fails it
+        here and the client, whose lane closed, reads the reason with CellAttach. A worker already gone or
+        on its way out fails it now, with the reason if we know it."""
+        worker = self.scheduler.workers.get(worker_id)
+        run = CellRun(pb.CellExecuteRequest(session_id=session_id, cell_id=cell_id), worker.pool if worker else "",
+                      now, worker_id=worker_id, dispatched=now)
+        self.cells[cell_id] = run
         if worker is None or worker.state is sch.WorkerState.RELEASING:
-            reason = self.gone_reasons.get(request.lane_worker_id, "its connection closed")
+            reason = self.gone_reasons.get(worker_id, "it was released or lost as the cell ran")
             self._fail(run, reason if reason.startswith("worker lost") else f"worker lost: {reason}", "worker_lost")
         else:
-            self.apply(self.scheduler.handle(sch.LaneCellStarted(request.cell_id, worker.id, now)))
+            self.apply(self.scheduler.handle(sch.LaneCellStarted(cell_id, worker_id, now)))
         return run
 
     def _on_lane(self, conn: WorkerConn, activity: pb.LaneActivity) -> None:
@@ -396,18 +400,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 self.metrics.cells.labels(run.pool, "ok" if activity.ok else "user").inc()
                 run.close()
             self.apply(self.scheduler.handle(sch.CellFinished(activity.cell_id, now)))
-            return
-        if activity.cell_id in self.cells:
-            return
-        # A run without a client stream: if the worker dies mid-cell, the scheduler fails it here and
-        # the client, whose lane closed, reads the reason with CellAttach.
-        run = CellRun(pb.CellExecuteRequest(session_id=activity.session_id, cell_id=activity.cell_id),
-                      conn.pool, now, worker_id=conn.worker_id, dispatched=now)
-        self.cells[activity.cell_id] = run
-        self.apply(self.scheduler.handle(sch.LaneCellStarted(activity.cell_id, conn.worker_id, now)))
-        worker = self.scheduler.workers.get(conn.worker_id)
-        if worker is None or worker.state is sch.WorkerState.RELEASING:
-            self._fail(run, "worker lost: it was being released when the cell arrived", "worker_lost")
+        elif activity.cell_id not in self.cells:
+            self._lane_run(activity.session_id, activity.cell_id, conn.worker_id, now)
 
     # ------------------------------------------------------------ instructions -> I/O
 

@@ -26,8 +26,8 @@ class LaneLost(Exception):
 class Lane:
     """One TCP connection to one worker, used for one cell at a time by one Session."""
 
-    def __init__(self, pool: str, started: pb.Started) -> None:
-        self.pool = pool
+    def __init__(self, started: pb.Started) -> None:
+        self.pool = started.hardware
         self.worker_id = started.worker_id
         self.address = started.lane_address
         self.ticket = started.lane_ticket

@@ -259,7 +259,7 @@ class Session:
         for event in self.client.execute(request):
             if event.WhichOneof("kind") == "started" and event.started.lane_address and options.lane:
                 self._drop_lane(self.lanes.get(request.hardware))
-                self.lanes[request.hardware] = Lane(event.started.hardware, event.started)
+                self.lanes[request.hardware] = Lane(event.started)
             elif event.WhichOneof("kind") == "finished" and request.hardware in self.lanes:
                 self.lanes[request.hardware].last_active = time.monotonic()
             yield event

@@ -16,7 +16,7 @@ from typing import BinaryIO, TypeVar
 from google.protobuf.message import Message
 
 _LEN = struct.Struct("!I")
-MAX_FRAME = 1 << 30     # a lane request carries at most a cell and its inline (≤ 1 MB) values
+MAX_FRAME = 1 << 30     # a sanity bound: requests carry a cell and ≤ 1 MB of inline values, events its output
 M = TypeVar("M", bound=Message)
 
 

@@ -150,7 +150,7 @@ class Worker:
         try:
             for instruction in responses:
                 if instruction.WhichOneof("kind") == "cancel":
-                    self._cancel(instruction.cancel.cell_id)
+                    self.cancel(instruction.cancel.cell_id)
                 else:
                     inbox.put(instruction)
         except grpc.RpcError as exc:
@@ -172,9 +172,7 @@ class Worker:
         self.inbox.put(pb.WorkerInstruction(execute=request))
 
     def cancel(self, cell_id: str) -> None:
-        self._cancel(cell_id)
-
-    def _cancel(self, cell_id: str) -> None:
+        """Interrupt the cell if it is the one running (from the broker's stream or the lane)."""
         if cell_id != self.current_cell:
             return
         self.cancelled_cell = cell_id
