@@ -130,6 +130,30 @@ def test_no_descriptor_or_mapping_leaks(server: DataServer, path: str) -> None:
 
 
 @needs_shm
+def test_an_output_already_in_shared_memory(server: DataServer, path: str) -> None:
+    """A worker writes a same-host client's output into memfds when the cell ends (SharedCopy) and keeps its
+    own copy on those pages; a GET sends them as they are (or, over TCP, from them); both copies stay private."""
+    value = np.arange(3_000_000, dtype=np.float64)
+    packed = serialize.pack("v", value)
+    shared = transfer.SharedCopy(packed)
+    fds, maps = _fds(), _shm_maps()
+    twin = serialize.unpack(shared.header, list(shared.buffers))
+    assert np.array_equal(twin, value) and twin.flags.writeable
+    server.offer(shared.packed(packed), shared)
+    got = transfer.get(server.address, server.ticket, [packed.hash])
+    arrived = serialize.unpack(*got[packed.hash])
+    assert np.array_equal(arrived, value)
+    arrived[0] = -1.0
+    twin[1] = -2.0
+    assert twin[0] == 0.0 and arrived[1] == 1.0 and value[1] == 1.0
+    assert _fds() == fds - len(shared.head["pieces"])  # fetched: its descriptors are closed
+    assert transfer.get(server.address, server.ticket, [packed.hash]) == {}  # and no longer offered
+    del got, arrived
+    gc.collect()
+    assert _shm_maps() == maps  # only the worker's own copy maps them now
+
+
+@needs_shm
 def test_different_kernel_or_disabled_falls_back_to_tcp(server: DataServer, monkeypatch: pytest.MonkeyPatch) -> None:
     maps = _shm_maps()
     tcp, options = transfer.parse_address(server.address)
@@ -162,3 +186,33 @@ def test_large_array_through_the_real_stack(shell, monkeypatch: pytest.MonkeyPat
     assert back is not arr and back.shape == arr.shape and back.dtype == arr.dtype
     assert (back[:5] == -7.0).all() and np.array_equal(back[5:], arr[5:])
     assert arr[0] == 0.0  # the local original was not written through
+
+
+RSS_ANON = ("def rss_anon_mb():\n"
+            "    with open('/proc/self/status') as f:\n"
+            "        return next(int(line.split()[1]) for line in f if line.startswith('RssAnon')) // 1024\n")
+
+
+@needs_shm
+@pytest.mark.parametrize("shm", ["on", "off"])
+def test_a_returned_array_is_held_once_on_the_host(shell, monkeypatch: pytest.MonkeyPatch, shm: str) -> None:  # type: ignore[no-untyped-def]
+    """Same host: the worker's copy of a returned array moves onto the pages the client maps, so the array
+    is in memory once, not twice; an array something else on the worker also holds is left as it is."""
+    if shm == "off":
+        monkeypatch.setenv("GPUCELL_SHM", "0")
+    else:
+        monkeypatch.delenv("GPUCELL_SHM", raising=False)
+    shell.run_cell_magic("gpu", "cpu", RSS_ANON + "import numpy as np\n"
+                         "made = np.full(64 << 20, 3, dtype=np.uint8)\n"
+                         "held = np.ones(4 << 20, dtype=np.uint8)\nimport sys\nsys.gpucell_test_hold = held\n"
+                         "before = rss_anon_mb()\n")
+    shell.run_cell_magic("gpu", "cpu", "after = rss_anon_mb()\nmade[0] = 9\nsame = sys.gpucell_test_hold is held\n")
+    ns = shell.user_ns
+    freed = ns["before"] - ns["after"]
+    if shm == "on":
+        assert freed >= 48, f"the worker still holds its own 64 MB copy (RssAnon {ns['before']} -> {ns['after']} MB)"
+    else:
+        assert freed < 16, f"RssAnon {ns['before']} -> {ns['after']} MB without shared memory"
+    made = ns["made"]
+    assert made.shape == (64 << 20,) and made[0] == 9 and (made[1:] == 3).all()  # written there, came back
+    assert ns["same"] is True and (ns["held"] == 1).all()

@@ -122,7 +122,8 @@ class Session:
             assigns=[n for n in names.assigns if n not in skip], deletes=list(names.deletes),
             options=pb.CellOptions(timeout_s=options.timeout_s, idle_s=options.idle_s, fresh=options.fresh,
                                    env=options.env, pull=options.pull, keep=options.keep, retries=options.retries,
-                                   strict=options.strict, return_limit=options.return_limit))
+                                   strict=options.strict, return_limit=options.return_limit),
+            client_boot_id=transfer.boot_id() if transfer.shm_enabled() else "")
         self._pending = {}
         inline_bytes = 0  # the request stays small; the rest goes over the data path on demand
         for name in names.reads:

@@ -8,7 +8,9 @@ into one buffer per part (numpy arrays are rebuilt on those buffers in place).
 Same kernel (same boot id, and the worker's abstract Unix socket answers): the sender writes each
 value once into a sealed memfd and passes the descriptor (SCM_RIGHTS); the receiver maps it privately
 and unpickles on views of the mapping. One copy instead of TCP's two, and the receiver allocates
-nothing. `GPUCELL_SHM=0` forces TCP.
+nothing. `GPUCELL_SHM=0` forces TCP. A worker whose client said it shares the kernel (CellExecuteRequest
+.client_boot_id) writes large outputs into memfds as the cell ends (SharedCopy) and moves its own copy of
+a returned array onto those pages, so the value is in memory once on the host, not twice.
 
 Address format: "HOST:PORT" or "HOST:PORT;uds=NAME;boot=BOOT_ID" (NAME in the abstract namespace).
 """
@@ -194,21 +196,52 @@ def _writer_pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def send_fd_frames(sock: socket.socket, values: Iterable[Packed]) -> int:
-    """Each value as a length-prefixed head with its memfds attached; our descriptors are closed once sent,
-    so nothing here can touch the memory again (it is sealed against writes anyway)."""
+class SharedCopy:
+    """A value already written into sealed memfds, and the writer's own private mapping of them: the writer
+    can hold its copy of the value on the same pages as every receiver's (copy-on-write for each)."""
+
+    def __init__(self, packed: Packed) -> None:
+        self.fds, self.head = _memfds_of(packed)
+        try:
+            _hash, _type, self.header, self.buffers = _map_frame(self.head, self.fds, 0)
+        except BaseException:
+            self.close()
+            raise
+
+    def packed(self, like: Packed) -> Packed:
+        """The same value, its buffers now views of the shared pages (what a TCP receiver is sent from)."""
+        return Packed(like.hash, self.header, list(self.buffers), like.type_name)
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def _send_head(sock: socket.socket, head: dict[str, Any], fds: list[int]) -> None:
+    data = json.dumps(head).encode()
+    msg = _LEN.pack(len(data)) + data
+    n = socket.send_fds(sock, [msg], fds)
+    if n < len(msg):
+        sock.sendall(msg[n:])
+
+
+def send_fd_frames(sock: socket.socket, values: Iterable[Packed],
+                   shared: dict[str, tuple[list[int], dict[str, Any]]] | None = None) -> int:
+    """Each value as a length-prefixed head with its memfds attached. Values in `shared` (hash -> descriptors
+    the caller owns, and their head) go as they are; the others are written into memfds here, and those
+    descriptors are closed once sent, so nothing here can touch the memory again (it is sealed anyway)."""
     sent = 0
     for packed in values:
-        fds, head = _memfds_of(packed)
-        try:
-            data = json.dumps(head).encode()
-            msg = _LEN.pack(len(data)) + data
-            n = socket.send_fds(sock, [msg], fds)
-            if n < len(msg):
-                sock.sendall(msg[n:])
-        finally:
-            for fd in fds:
-                os.close(fd)
+        if shared and packed.hash in shared:
+            _send_head(sock, shared[packed.hash][1], shared[packed.hash][0])
+        else:
+            fds, head = _memfds_of(packed)
+            try:
+                _send_head(sock, head, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
         sent += packed.size
     sock.sendall(_LEN.pack(0))
     return sent
@@ -341,6 +374,7 @@ class DataServer:
         self.received: dict[str, tuple[bytes, list[Any]]] = {}
         self.outgoing: dict[str, Packed] = {}
         self._offers: dict[str, int] = {}      # outgoing hash -> GETs still expected
+        self._shared: dict[str, SharedCopy] = {}  # outgoing hash -> its memfds, written when offered
         self.changed = threading.Condition()
         self.bytes_in = 0
         threading.Thread(target=self._serve, args=(self._sock,), daemon=True, name="gpucell-data").start()
@@ -376,21 +410,49 @@ class DataServer:
                     wanted = rest[0].split(",") if rest else []
                     with self.changed:
                         values = [self.outgoing[h] for h in wanted if h in self.outgoing]
-                    (send_fd_frames if shm else send_frames)(conn, values)
+                        # our own descriptors: a withdraw may close the offer's while this GET sends
+                        shared = {v.hash: ([os.dup(fd) for fd in self._shared[v.hash].fds], self._shared[v.hash].head)
+                                  for v in values if shm and v.hash in self._shared}
+                    try:
+                        if shm:
+                            send_fd_frames(conn, values, shared)
+                        else:
+                            send_frames(conn, values)
+                    finally:
+                        for fds, _head in shared.values():
+                            for fd in fds:
+                                os.close(fd)
                     self._fetched([v.hash for v in values])
             except (ConnectionError, OSError, ValueError, KeyError, TypeError):
                 return
 
-    def offer(self, packed: Packed) -> None:
-        """A cell's large output, for its client to GET once (a pipelined client may hold two offers of it)."""
+    @property
+    def shares_memory(self) -> bool:
+        """Whether a client on this kernel can be handed memfds (see SharedCopy)."""
+        return self._uds is not None and shm_enabled()
+
+    def offer(self, packed: Packed, shared: SharedCopy | None = None) -> None:
+        """A cell's large output, for its client to GET once (a pipelined client may hold two offers of it).
+        With `shared`, the value is already in memfds: a same-host GET sends those (this server owns them now)."""
         with self.changed:
             self.outgoing[packed.hash] = packed
             self._offers[packed.hash] = self._offers.get(packed.hash, 0) + 1
+            if shared is not None:
+                old = self._shared.pop(packed.hash, None)
+                self._shared[packed.hash] = shared
+                if old is not None:
+                    old.close()
+
+    def _drop(self, digest: str) -> None:
+        self.outgoing.pop(digest, None)
+        self._offers.pop(digest, None)
+        shared = self._shared.pop(digest, None)
+        if shared is not None:
+            shared.close()   # the pages live on in the mappings (the worker's copy, the client's)
 
     def withdraw(self, digest: str) -> None:
         with self.changed:
-            self.outgoing.pop(digest, None)
-            self._offers.pop(digest, None)
+            self._drop(digest)
 
     def _fetched(self, digests: list[str]) -> None:
         # Fetched: let go of it at once, so the memory is free (and warm) for the next cell's values.
@@ -398,8 +460,7 @@ class DataServer:
             for digest in digests:
                 left = self._offers.get(digest, 1) - 1
                 if left <= 0:
-                    self.outgoing.pop(digest, None)
-                    self._offers.pop(digest, None)
+                    self._drop(digest)
                 else:
                     self._offers[digest] = left
 
@@ -428,7 +489,8 @@ class DataServer:
             listener.close()
         with self.changed:
             self.received.clear()
-            self.outgoing.clear()
+            for digest in list(self.outgoing):
+                self._drop(digest)
 
 
 # ------------------------------------------------------------------ the client's side

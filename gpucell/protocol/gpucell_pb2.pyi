@@ -78,7 +78,7 @@ class CellOptions(_message.Message):
     def __init__(self, timeout_s: _Optional[float] = ..., idle_s: _Optional[float] = ..., fresh: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., pull: _Optional[_Iterable[str]] = ..., keep: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., strict: _Optional[bool] = ..., return_limit: _Optional[int] = ...) -> None: ...
 
 class CellExecuteRequest(_message.Message):
-    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name", "owner")
+    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name", "owner", "client_boot_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class CellExecuteRequest(_message.Message):
     DELETES_FIELD_NUMBER: _ClassVar[int]
     SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     cell_id: str
     hardware: str
@@ -107,7 +108,8 @@ class CellExecuteRequest(_message.Message):
     deletes: _containers.RepeatedScalarFieldContainer[str]
     session_name: str
     owner: str
-    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+    client_boot_id: str
+    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ..., owner: _Optional[str] = ..., client_boot_id: _Optional[str] = ...) -> None: ...
 
 class CellEvent(_message.Message):
     __slots__ = ("cell_id", "time", "seq", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer")

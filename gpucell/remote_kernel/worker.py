@@ -21,7 +21,7 @@ import grpc
 
 from gpucell import hardware
 from gpucell.namespace import serialize
-from gpucell.namespace.transfer import DataServer
+from gpucell.namespace.transfer import DataServer, SharedCopy, boot_id
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
@@ -305,6 +305,7 @@ class Worker:
             for digest in oldest - self._outgoing_cells[0]:
                 self.data.withdraw(digest)   # never fetched (its client went away)
         mine: set[str] = set()
+        moving: list[tuple[str, str, SharedCopy]] = []
         sent = 0
         limit = req.options.return_limit or DEFAULT_RETURN_LIMIT
         names = list(req.assigns) + [n for n in inputs if n not in req.assigns]
@@ -337,7 +338,12 @@ class Worker:
             result.outputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
                                                 size=packed.size, fetch=fetch))
             if fetch:
-                self.data.offer(packed)
+                shared = self._share(req, packed)
+                if shared is None:
+                    self.data.offer(packed)
+                else:
+                    self.data.offer(shared.packed(packed), shared)
+                    moving.append((name, packed.hash, shared))
                 mine.add(packed.hash)
             else:
                 result.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
@@ -348,8 +354,42 @@ class Worker:
                 result.deleted.append(name)
                 self.kept.pop(name, None)
         self._outgoing_cells.append(mine)
+        value = packed = None  # type: ignore[assignment] # no reference of ours may count in _move_onto
+        for name, digest, shared in moving:
+            self._move_onto(name, digest, shared)
         self._trim_cache()
         return result, sent
+
+    def _share(self, req: pb.CellExecuteRequest, packed: serialize.Packed) -> SharedCopy | None:
+        """A client on this kernel gets large outputs as memfds: written now, on the cell's thread, so that
+        the worker's own copy can move onto the same pages (_move_onto)."""
+        if not req.client_boot_id or req.client_boot_id != boot_id() or not self.data.shares_memory:
+            return None
+        try:
+            return SharedCopy(packed)
+        except OSError:  # e.g. out of descriptors: the GET writes the memfds itself
+            return None
+
+    def _move_onto(self, name: str, digest: str, shared: SharedCopy) -> None:
+        """A returned numpy array that nothing else here holds is rebound to an equal array on the shared
+        pages its client maps (copy-on-write for both): one copy of the value on this host instead of two,
+        and the array's own memory is free for the next cell at once, while it is still warm."""
+        ns = self.shell.user_ns
+        numpy = sys.modules.get("numpy")
+        value = ns.get(name)
+        if numpy is None or type(value) is not numpy.ndarray or value.base is not None:
+            return
+        # The namespace, the cache, `value` here and getrefcount's argument: no other holder can tell.
+        if sys.getrefcount(value) != 4 or self.cache.get(digest) is not value:
+            return
+        try:
+            twin = serialize.unpack(shared.header, list(shared.buffers))
+        except Exception:  # noqa: BLE001 - keeping the original is always right
+            return
+        if type(twin) is not numpy.ndarray or twin.shape != value.shape or twin.dtype != value.dtype \
+                or twin.strides != value.strides or not twin.flags.writeable:
+            return
+        ns[name] = self.cache[digest] = twin
 
     def _trim_cache(self) -> None:
         """Keep only cached values that some name here still holds, so memory follows the namespace."""
