@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 # Ray must stay on loopback, quiet and without auth in tests; set before Ray is imported or started.
@@ -30,7 +31,8 @@ from gpucell.errors import WorkerLostError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-WHERE = "import os\nnode = os.environ['GPUCELL_NODE']\nhw = os.environ['GPUCELL_HARDWARE']\n"
+WHERE = ("import os\nnode = os.environ['GPUCELL_NODE']\nhw = os.environ['GPUCELL_HARDWARE']\n"
+         "data_host = os.environ.get('GPUCELL_DATA_HOST')\n")
 
 
 @dataclass
@@ -167,6 +169,11 @@ def test_cells_land_on_the_node_with_their_accelerator(ray_cluster: RayCluster, 
     with loaded_shell(broker, monkeypatch) as sh:
         sh.run_cell_magic("gpu", "A100", WHERE)
         assert sh.user_ns["node"] == ray_cluster.node_id("A100") and sh.user_ns["hw"] == "A100"
+        # The worker advertises its data server and lane at the address Ray reaches its node by.
+        assert sh.user_ns["data_host"] == ray_cluster.nodes["A100"].node_ip_address == "127.0.0.1"
+        sh.user_ns["big"] = np.arange(2_000_000, dtype=np.float64)  # 16 MB: over the data path, both ways
+        sh.run_cell_magic("gpu", "A100", "total = float(big.sum())\nbig = big * 2\n")
+        assert sh.user_ns["total"] == 1_999_999 * 2_000_000 / 2 and sh.user_ns["big"][-1] == 3_999_998
         sh.run_cell_magic("gpu", "T4", WHERE)
         assert sh.user_ns["node"] == ray_cluster.node_id("T4") and sh.user_ns["hw"] == "T4"
         # The broker's status says where each worker runs.

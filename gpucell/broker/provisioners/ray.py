@@ -83,6 +83,9 @@ class WorkerActor:
         child_env.pop(ENV_TOKEN, None)
         child_env.update(env)
         child_env["GPUCELL_NODE"] = node_id
+        # The worker's data server and lane listen on, and advertise, the address Ray reaches this node by
+        # (clients connect there directly); a pool's env or the node's own environment may say otherwise.
+        child_env.setdefault("GPUCELL_DATA_HOST", ray.util.get_node_ip_address())
         child_env["PYTHONUNBUFFERED"] = "1"
         fd, self._log_path = tempfile.mkstemp(prefix="gpucell-worker-", suffix=".log")
         try:
