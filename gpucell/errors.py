@@ -35,6 +35,10 @@ class AuthenticationError(GpucellError):
     """The broker refused our token."""
 
 
+class DataPathError(GpucellError):
+    """Values over the inline limit could not move between this kernel and the worker's data server."""
+
+
 class WorkerLostError(GpucellError):
     """The worker running the cell died or was released."""
 

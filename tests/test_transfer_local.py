@@ -216,3 +216,35 @@ def test_a_returned_array_is_held_once_on_the_host(shell, monkeypatch: pytest.Mo
     made = ns["made"]
     assert made.shape == (64 << 20,) and made[0] == 9 and (made[1:] == 3).all()  # written there, came back
     assert ns["same"] is True and (ns["held"] == 1).all()
+
+
+CLOSE_DATA_SERVER = ("import gc\n"
+                     "for obj in gc.get_objects():\n"
+                     "    if type(obj).__name__ == 'DataServer':\n"
+                     "        obj.close()\n"
+                     "del obj\n")
+
+
+def test_a_data_server_that_fails_gives_a_clear_error_and_loses_nothing(shell) -> None:  # type: ignore[no-untyped-def]
+    """The worker's data server stops answering (here: closed by a cell; in life: a worker on a network this
+    kernel cannot reach). Sending fails with one line naming the values and stops the cell on the worker, which
+    would otherwise wait for them; fetching fails naming the outputs, and the local namespace is unchanged."""
+    from gpucell.errors import DataPathError
+
+    shell.run_cell_magic("gpu", "cpu", CLOSE_DATA_SERVER)
+    big = np.arange(1_000_000, dtype=np.float64)  # 8 MB: over the data path
+    shell.user_ns["big"] = big
+    with pytest.raises(DataPathError, match=r"^cannot send 'big' to the worker: the worker's data server at "
+                                            r"127\.0\.0\.1:\d+ failed \(Connection"):
+        shell.run_cell_magic("gpu", "cpu", "total = float(big.sum())\n")
+    assert "total" not in shell.user_ns and shell.user_ns["big"] is big
+    # The worker is not left waiting for the inputs: the next cell runs.
+    shell.run_cell_magic("gpu", "cpu", "import numpy as np\nafter = 1\n")
+    assert shell.user_ns["after"] == 1
+    with pytest.raises(DataPathError, match=r"^the cell ran, but 'made' could not be fetched: .* local namespace "
+                                            r"is unchanged"):
+        shell.run_cell_magic("gpu", "cpu", "made = np.ones(4 << 20, dtype=np.uint8)\nsmall = 2\n")
+    assert "made" not in shell.user_ns and "small" not in shell.user_ns
+    # The worker still has it: a later cell uses it there.
+    shell.run_cell_magic("gpu", "cpu", "n = int(made.sum())\n")
+    assert shell.user_ns["n"] == 4 << 20

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from gpucell.client.broker_client import BrokerClient
 from gpucell.client.lane import Lane, LaneClosed, LaneLost
-from gpucell.errors import (CellTimeoutError, ConfigError, GpucellError, RemoteError, RemoteRefError,
-                            SerializationError, UnknownHardwareError, WorkerLostError)
+from gpucell.errors import (CellTimeoutError, ConfigError, DataPathError, GpucellError, RemoteError,
+                            RemoteRefError, SerializationError, UnknownHardwareError, WorkerLostError)
 from gpucell.namespace import serialize, transfer
 from gpucell.namespace.analysis import CellSyntaxError, analyze
 from gpucell.namespace.remote_ref import RemoteRef
@@ -218,8 +218,7 @@ class Session:
                         self._notices_shown.add(event.notice.text)
                         sink.phase(event.notice.text)
                 elif kind == "transfer":
-                    transfer.put(event.transfer.address, event.transfer.ticket,
-                                 [self._pending[h] for h in event.transfer.hashes if h in self._pending])
+                    self._send_inputs(request, event.transfer, events)
                 elif kind == "result":
                     result = event.result
                 elif kind == "error":
@@ -238,6 +237,16 @@ class Session:
             raise WorkerLostError("the cell ended without a result (broker or worker went away)")
         self._apply(result, user_ns, report, execution_count)
         return report
+
+    def _send_inputs(self, request: pb.CellExecuteRequest, ask: pb.Transfer, events: Iterator[pb.CellEvent]) -> None:
+        """The worker asks for the inputs it lacks; if they cannot reach it, the cell is stopped there (it
+        would wait for them) and the error names them."""
+        try:
+            transfer.put(ask.address, ask.ticket, [self._pending[h] for h in ask.hashes if h in self._pending])
+        except (OSError, ValueError) as exc:
+            self._interrupt(request.cell_id, events)
+            names = ", ".join(sorted(repr(v.name) for v in request.inputs if v.hash in set(ask.hashes)))
+            raise DataPathError(f"cannot send {names} to the worker: {_unreachable(ask.address, exc)}") from None
 
     def _events(self, request: pb.CellExecuteRequest, options: CellOptions) -> Iterator[pb.CellEvent]:
         """A warm cell goes straight to its worker over the lane; anything else (a first cell, --fresh,
@@ -355,7 +364,13 @@ class Session:
                                                      for b in result.blobs}
         to_fetch = [v.hash for v in result.outputs if v.fetch]
         if to_fetch:
-            parts.update(transfer.get(result.data_address, result.ticket, to_fetch))
+            try:
+                parts.update(transfer.get(result.data_address, result.ticket, to_fetch))
+            except (OSError, ValueError) as exc:
+                names = ", ".join(repr(v.name) for v in result.outputs if v.fetch)
+                raise DataPathError(f"the cell ran, but {names} could not be fetched: "
+                                    f"{_unreachable(result.data_address, exc)}; the local namespace is unchanged "
+                                    "(the worker still has them)") from None
         updates: dict[str, Any] = {}
         for value in result.outputs:
             try:
@@ -409,3 +424,11 @@ def _status(sink: OutputSink, text: str, final: bool = False) -> None:
     status = getattr(sink, "status", None)
     if status is not None:
         status(text, final)
+
+
+def _unreachable(address: str, exc: BaseException) -> str:
+    """Why the worker's data server failed us, in one line, with what a user on another machine must set."""
+    reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+    host = transfer.parse_address(address)[0]
+    return (f"the worker's data server at {host} failed ({reason}); a worker on another machine must set "
+            "GPUCELL_DATA_HOST to an address this machine can reach")
