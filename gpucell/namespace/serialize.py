@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import sys
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,11 +54,46 @@ def _raw(buf: pickle.PickleBuffer) -> memoryview:
         return memoryview(bytes(buf))
 
 
+def _tensor(array: Any, requires_grad: bool) -> Any:
+    """A CPU torch tensor on the received buffer itself (torch.from_numpy shares the memory)."""
+    import torch
+
+    tensor = torch.from_numpy(array)
+    return tensor.requires_grad_() if requires_grad else tensor
+
+
+def _reduce_tensor(torch: Any, tensor: Any) -> tuple[Any, tuple[Any, ...]] | None:
+    """A plain CPU tensor that is the whole of its storage travels as a numpy view of its memory, so its bytes
+    go out of band (torch's own pickling copies them into the pickle, several times). None: torch's way
+    (other devices and layouts, dtypes numpy lacks such as bfloat16, views of part of a storage)."""
+    try:
+        if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_conj() or tensor.is_neg():
+            return None
+        if tensor.storage_offset() != 0 or tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            return None
+        array = tensor.detach().numpy()
+    except (AttributeError, TypeError, RuntimeError):  # an older torch, or a dtype numpy lacks
+        return None
+    return _tensor, (array, tensor.requires_grad)
+
+
+class _Pickler(cloudpickle.CloudPickler):
+    def reducer_override(self, obj: Any) -> Any:
+        torch = sys.modules.get("torch")  # a value can only be a tensor once torch is imported
+        if torch is not None and type(obj) is torch.Tensor:
+            reduced = _reduce_tensor(torch, obj)
+            if reduced is not None:
+                return reduced
+        return super().reducer_override(obj)
+
+
 def dumps(value: Any) -> tuple[bytes, list[memoryview]]:
     """Pickle with cloudpickle (notebook functions and classes go by value), then dill; big buffers out of band."""
     buffers: list[pickle.PickleBuffer] = []
     try:
-        header = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=buffers.append)
+        out = io.BytesIO()
+        _Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append).dump(value)
+        header = out.getvalue()
     except Exception as first:  # noqa: BLE001 - any pickling failure gets the second opinion
         buffers = []
         try:
