@@ -248,3 +248,20 @@ def test_a_data_server_that_fails_gives_a_clear_error_and_loses_nothing(shell) -
     # The worker still has it: a later cell uses it there.
     shell.run_cell_magic("gpu", "cpu", "n = int(made.sum())\n")
     assert shell.user_ns["n"] == 4 << 20
+
+
+def test_a_returned_tensor_is_held_once_on_the_host(shell, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")
+    monkeypatch.delenv("GPUCELL_SHM", raising=False)
+    shell.run_cell_magic("gpu", "cpu", RSS_ANON + "import torch\n"
+                         "made = torch.full((64 << 20,), 3, dtype=torch.uint8)\n"
+                         "graded = torch.ones(4 << 20, requires_grad=True)\n"
+                         "before = rss_anon_mb()\n")
+    shell.run_cell_magic("gpu", "cpu", "after = rss_anon_mb()\nmade[0] = 9\nkept = graded.requires_grad\n")
+    ns = shell.user_ns
+    freed = ns["before"] - ns["after"]
+    assert freed >= 48, f"the worker still holds its own 64 MB copy (RssAnon {ns['before']} -> {ns['after']} MB)"
+    made = ns["made"]
+    assert type(made) is torch.Tensor and made.shape == (64 << 20,)
+    assert made[0] == 9 and bool((made[1:] == 3).all())
+    assert ns["kept"] is True and ns["graded"].requires_grad

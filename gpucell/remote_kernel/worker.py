@@ -371,13 +371,12 @@ class Worker:
             return None
 
     def _move_onto(self, name: str, digest: str, shared: SharedCopy) -> None:
-        """A returned numpy array that nothing else here holds is rebound to an equal array on the shared
-        pages its client maps (copy-on-write for both): one copy of the value on this host instead of two,
-        and the array's own memory is free for the next cell at once, while it is still warm."""
+        """A returned numpy array or CPU tensor that nothing else here holds is rebound to an equal one on the
+        shared pages its client maps (copy-on-write for both): one copy of the value on this host instead of
+        two, and its own memory is free for the next cell at once, while it is still warm."""
         ns = self.shell.user_ns
-        numpy = sys.modules.get("numpy")
         value = ns.get(name)
-        if numpy is None or type(value) is not numpy.ndarray or value.base is not None:
+        if not _movable(value):
             return
         # The namespace, the cache, `value` here and getrefcount's argument: no other holder can tell.
         if sys.getrefcount(value) != 4 or self.cache.get(digest) is not value:
@@ -386,10 +385,8 @@ class Worker:
             twin = serialize.unpack(shared.header, list(shared.buffers))
         except Exception:  # noqa: BLE001 - keeping the original is always right
             return
-        if type(twin) is not numpy.ndarray or twin.shape != value.shape or twin.dtype != value.dtype \
-                or twin.strides != value.strides or not twin.flags.writeable:
-            return
-        ns[name] = self.cache[digest] = twin
+        if type(twin) is type(value) and _layout(twin) == _layout(value):
+            ns[name] = self.cache[digest] = twin
 
     def _trim_cache(self) -> None:
         """Keep only cached values that some name here still holds, so memory follows the namespace."""
@@ -481,6 +478,26 @@ def _device_bound(value: Any) -> bool:
         except Exception:  # noqa: BLE001
             return False
     return False
+
+
+def _movable(value: Any) -> bool:
+    """An array or tensor that owns all of its memory and carries nothing a rebuilt copy would lack."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and type(value) is numpy.ndarray:
+        return value.base is None and value.flags.writeable
+    torch = sys.modules.get("torch")
+    if torch is None or type(value) is not torch.Tensor:
+        return False
+    return (value.device.type == "cpu" and value.layout == torch.strided and value._base is None
+            and not value.requires_grad and value.grad is None and not value.__dict__
+            and value.storage_offset() == 0
+            and value.untyped_storage().nbytes() == value.numel() * value.element_size())
+
+
+def _layout(value: Any) -> tuple[Any, ...]:
+    strides = value.strides if hasattr(value, "strides") else value.stride()
+    writeable = value.flags.writeable if hasattr(value, "flags") else True
+    return tuple(value.shape), str(value.dtype), tuple(strides), writeable
 
 
 def _nbytes(value: Any) -> int:
