@@ -18,6 +18,7 @@ from gpucell.broker.journal import Journal
 from gpucell.broker.metrics import BrokerMetrics
 from gpucell.broker.provisioners import LaunchSpec, Provisioner, load_provisioner
 from gpucell.broker.runs import CellRun, LaunchRecord, WorkerConn
+from gpucell.broker.status import status_response
 from gpucell.config import ENV_TLS_CA, BrokerConfig
 from gpucell.hardware import KNOWN_LABELS
 from gpucell.protocol import gpucell_pb2 as pb
@@ -619,40 +620,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                     sum(1 for w in self.scheduler.workers.values() if w.pool == label and w.state is state))
 
     def status(self, session_id: str = "") -> pb.StatusGetResponse:
-        """Everything for an operator (no session id); for a session, its own workers and usage in detail."""
-        now = time.monotonic()
-        pools = []
-        for label, cfg in self.config.pools.items():
-            workers = []
-            for w in self.scheduler.workers.values():
-                if w.pool != label:
-                    continue
-                idle = now - w.last_active if w.state is sch.WorkerState.IDLE else 0.0
-                release_in = max(0.0, w.idle_timeout - idle) if w.state is sch.WorkerState.IDLE else -1.0
-                conn = self.conns.get(w.id)
-                if session_id and w.session != session_id:
-                    workers.append(pb.WorkerStatus(id="", state=w.state.value, hardware=label,
-                                                   idle_s=idle, release_in_s=release_in))
-                    continue
-                workers.append(pb.WorkerStatus(
-                    id=w.id, state=w.state.value, session=w.session or "", idle_s=idle, hardware=label,
-                    release_in_s=release_in, session_name=self.session_names.get(w.session or "", ""),
-                    pid=conn.pid if conn else 0, node=conn.node if conn else "", gpus=conn.gpus if conn else []))
-            pools.append(pb.PoolStatus(
-                label=label, workers=workers, queued=self.scheduler.queue_length(label),
-                max_workers=cfg.max_workers, min_warm=cfg.min_warm, idle_timeout=cfg.idle_timeout,
-                price_per_hour=cfg.price_per_hour, simulate=cfg.simulate))
-        usage = []
-        snapshot = self.scheduler.usage_snapshot(now)
-        others = {s for s, _ in snapshot if session_id and s != session_id}
-        for (session, pool), seconds in sorted(snapshot.items()):
-            if session in others:
-                continue
-            price = self.config.pools[pool].price_per_hour if pool in self.config.pools else 0.0
-            usage.append(pb.UsageRecord(session=session, hardware=pool, worker_seconds=seconds,
-                                        cost=seconds * price / 3600.0, session_name=self.session_names.get(session, "")))
-        return pb.StatusGetResponse(pools=pools, usage=usage, broker_address=self.address,
-                                    metrics_address=self.metrics.address, other_sessions=len(others))
+        return status_response(self.config, self.scheduler, self.conns, self.session_names, session_id,
+                               self.address, self.metrics.address)
 
 
 class _Abort(Exception):
