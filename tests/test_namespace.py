@@ -113,3 +113,21 @@ def test_version_preflight_refuses_function_for_other_python(shell) -> None:  # 
     with pytest.raises(SerializationError, match=r"'f'.*Python 3.99"):
         shell.run_cell_magic("gpu", "cpu", "z = f(2)\n")
     assert "z" not in shell.user_ns
+
+
+def test_a_value_only_the_worker_can_load_stays_there(shell, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker often has packages this kernel lacks: such a value stays remote as a RemoteRef that later
+    cells use in place, while the cell's other outputs land here."""
+    (tmp_path / "gpucell_worker_only.py").write_text("class Thing:\n    def __init__(self, n):\n        self.n = n\n")
+    run(shell, "cpu", f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nimport gpucell_worker_only\n"
+                      "thing = gpucell_worker_only.Thing(41)\nplain = 5\n")
+    report = magics_of(shell).session.last_report
+    ns = shell.user_ns
+    assert ns["plain"] == 5
+    thing = ns["thing"]
+    assert isinstance(thing, RemoteRef) and "ModuleNotFoundError" in repr(thing)
+    assert any("'thing'" in line and "stays on the worker" in line for line in report.kept_remote)
+    with pytest.raises(RemoteRefError, match="'thing' is a RemoteRef"):
+        thing.n  # noqa: B018
+    run(shell, "cpu", "n = thing.n + 1\n")
+    assert ns["n"] == 42

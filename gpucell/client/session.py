@@ -62,6 +62,7 @@ class CellReport:
     finished: pb.Finished | None = None
     assigned: list[str] = field(default_factory=list)
     refs: list[str] = field(default_factory=list)
+    kept_remote: list[str] = field(default_factory=list)  # one line per output left remote: it cannot load here
     lane: bool = False                 # went straight to the warm worker, not through the broker
 
 
@@ -236,6 +237,8 @@ class Session:
         if result is None:
             raise WorkerLostError("the cell ended without a result (broker or worker went away)")
         self._apply(result, user_ns, report, execution_count)
+        for note in report.kept_remote:
+            sink.phase(note)
         return report
 
     def _send_inputs(self, request: pb.CellExecuteRequest, ask: pb.Transfer, events: Iterator[pb.CellEvent]) -> None:
@@ -359,7 +362,8 @@ class Session:
 
     def _apply(self, result: pb.Result, user_ns: MutableMapping[str, Any], report: CellReport,
                execution_count: int) -> None:
-        """Update the local namespace all at once, only after every value has been loaded."""
+        """Update the local namespace all at once, only after every value has been loaded (one that cannot be
+        loaded here, e.g. from a module only the worker has, stays there as a RemoteRef)."""
         parts: dict[str, tuple[bytes, list[Any]]] = {b.hash: (b.data, [bytearray(x) for x in b.buffers])
                                                      for b in result.blobs}
         to_fetch = [v.hash for v in result.outputs if v.fetch]
@@ -372,12 +376,17 @@ class Session:
                                     f"{_unreachable(result.data_address, exc)}; the local namespace is unchanged "
                                     "(the worker still has them)") from None
         updates: dict[str, Any] = {}
+        infos = list(result.refs)
         for value in result.outputs:
             try:
                 updates[value.name] = serialize.unpack(*parts[value.hash])
-            except Exception as exc:  # noqa: BLE001 - a value we cannot load here stays usable remotely
-                raise SerializationError(f"cannot load {value.name!r} ({value.type_name}) here: {exc}") from None
-        for info in result.refs:
+            except Exception as exc:  # noqa: BLE001 - e.g. a module only the worker has: it stays usable there
+                reason = f"cannot be loaded here: {' '.join(f'{type(exc).__name__}: {exc}'.split())}"
+                infos.append(pb.RemoteRefInfo(name=value.name, type_name=value.type_name, size=value.size,
+                                              reason=reason))
+                report.kept_remote.append(f"gpucell: {value.name!r} ({value.type_name}) stays on the worker as a "
+                                          f"RemoteRef: it {reason}")
+        for info in infos:
             ref = RemoteRef(info.name, info.type_name, info.size, info.hardware or report.hardware,
                             info.worker_id or report.worker_id, info.reason, info.summary, execution_count)
             updates[info.name] = ref
@@ -389,8 +398,8 @@ class Session:
         for name in result.deleted:
             user_ns.pop(name, None)
             self.refs.pop(name, None)
-        report.assigned = [v.name for v in result.outputs]
-        report.refs = [r.name for r in result.refs]
+        report.assigned = [v.name for v in result.outputs if not isinstance(updates.get(v.name), RemoteRef)]
+        report.refs = [r.name for r in infos]
 
     def mark_lost(self, worker_id: str) -> None:
         if not worker_id:

@@ -289,7 +289,8 @@ class Worker:
             bound[value.name] = value.hash
             self.kept.pop(value.name, None)
         for name in req.refs:
-            if name not in self.kept or name not in ns:
+            # Any name this worker holds will do: the client also leaves remote an output it could not load.
+            if name not in ns:
                 raise PrepareError("RemoteRefError", f"RemoteRef {name!r} is not on this worker ({self.worker_id}); "
                                    "its worker is gone")
         return received, bound
