@@ -193,6 +193,14 @@ RSS_ANON = ("def rss_anon_mb():\n"
             "        return next(int(line.split()[1]) for line in f if line.startswith('RssAnon')) // 1024\n")
 
 
+def _worker_freed_mb(shell, make: str, then: str) -> int:  # type: ignore[no-untyped-def]
+    """Runs `make` (which binds `made`, 64 MB) and then `then` remotely, the second cell also writing made[0] = 9;
+    returns how much anonymous memory the worker gave back between the two (MB)."""
+    shell.run_cell_magic("gpu", "cpu", RSS_ANON + make + "before = rss_anon_mb()\n")
+    shell.run_cell_magic("gpu", "cpu", "after = rss_anon_mb()\nmade[0] = 9\n" + then)
+    return int(shell.user_ns["before"] - shell.user_ns["after"])
+
+
 @needs_shm
 @pytest.mark.parametrize("shm", ["on", "off"])
 def test_a_returned_array_is_held_once_on_the_host(shell, monkeypatch: pytest.MonkeyPatch, shm: str) -> None:  # type: ignore[no-untyped-def]
@@ -202,13 +210,10 @@ def test_a_returned_array_is_held_once_on_the_host(shell, monkeypatch: pytest.Mo
         monkeypatch.setenv("GPUCELL_SHM", "0")
     else:
         monkeypatch.delenv("GPUCELL_SHM", raising=False)
-    shell.run_cell_magic("gpu", "cpu", RSS_ANON + "import numpy as np\n"
-                         "made = np.full(64 << 20, 3, dtype=np.uint8)\n"
-                         "held = np.ones(4 << 20, dtype=np.uint8)\nimport sys\nsys.gpucell_test_hold = held\n"
-                         "before = rss_anon_mb()\n")
-    shell.run_cell_magic("gpu", "cpu", "after = rss_anon_mb()\nmade[0] = 9\nsame = sys.gpucell_test_hold is held\n")
+    freed = _worker_freed_mb(shell, "import numpy as np\nmade = np.full(64 << 20, 3, dtype=np.uint8)\n"
+                             "held = np.ones(4 << 20, dtype=np.uint8)\nimport sys\nsys.gpucell_test_hold = held\n",
+                             "same = sys.gpucell_test_hold is held\n")
     ns = shell.user_ns
-    freed = ns["before"] - ns["after"]
     if shm == "on":
         assert freed >= 48, f"the worker still holds its own 64 MB copy (RssAnon {ns['before']} -> {ns['after']} MB)"
     else:
@@ -253,13 +258,9 @@ def test_a_data_server_that_fails_gives_a_clear_error_and_loses_nothing(shell) -
 def test_a_returned_tensor_is_held_once_on_the_host(shell, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     torch = pytest.importorskip("torch")
     monkeypatch.delenv("GPUCELL_SHM", raising=False)
-    shell.run_cell_magic("gpu", "cpu", RSS_ANON + "import torch\n"
-                         "made = torch.full((64 << 20,), 3, dtype=torch.uint8)\n"
-                         "graded = torch.ones(4 << 20, requires_grad=True)\n"
-                         "before = rss_anon_mb()\n")
-    shell.run_cell_magic("gpu", "cpu", "after = rss_anon_mb()\nmade[0] = 9\nkept = graded.requires_grad\n")
+    freed = _worker_freed_mb(shell, "import torch\nmade = torch.full((64 << 20,), 3, dtype=torch.uint8)\n"
+                             "graded = torch.ones(4 << 20, requires_grad=True)\n", "kept = graded.requires_grad\n")
     ns = shell.user_ns
-    freed = ns["before"] - ns["after"]
     assert freed >= 48, f"the worker still holds its own 64 MB copy (RssAnon {ns['before']} -> {ns['after']} MB)"
     made = ns["made"]
     assert type(made) is torch.Tensor and made.shape == (64 << 20,)

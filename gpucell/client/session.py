@@ -248,7 +248,8 @@ class Session:
             transfer.put(ask.address, ask.ticket, [self._pending[h] for h in ask.hashes if h in self._pending])
         except (OSError, ValueError) as exc:
             self._interrupt(request.cell_id, events)
-            names = ", ".join(sorted(repr(v.name) for v in request.inputs if v.hash in set(ask.hashes)))
+            asked = set(ask.hashes)
+            names = ", ".join(sorted(repr(v.name) for v in request.inputs if v.hash in asked))
             raise DataPathError(f"cannot send {names} to the worker: {_unreachable(ask.address, exc)}") from None
 
     def _events(self, request: pb.CellExecuteRequest, options: CellOptions) -> Iterator[pb.CellEvent]:
@@ -381,7 +382,7 @@ class Session:
             try:
                 updates[value.name] = serialize.unpack(*parts[value.hash])
             except Exception as exc:  # noqa: BLE001 - e.g. a module only the worker has: it stays usable there
-                reason = f"cannot be loaded here: {' '.join(f'{type(exc).__name__}: {exc}'.split())}"
+                reason = f"cannot be loaded here: {_one_line(exc)}"
                 infos.append(pb.RemoteRefInfo(name=value.name, type_name=value.type_name, size=value.size,
                                               reason=reason))
                 report.kept_remote.append(f"gpucell: {value.name!r} ({value.type_name}) stays on the worker as a "
@@ -437,7 +438,10 @@ def _status(sink: OutputSink, text: str, final: bool = False) -> None:
 
 def _unreachable(address: str, exc: BaseException) -> str:
     """Why the worker's data server failed us, in one line, with what a user on another machine must set."""
-    reason = " ".join(f"{type(exc).__name__}: {exc}".split())
     host = transfer.parse_address(address)[0]
-    return (f"the worker's data server at {host} failed ({reason}); a worker on another machine must set "
-            "GPUCELL_DATA_HOST to an address this machine can reach")
+    return (f"the worker's data server at {host} failed ({_one_line(exc)}); a worker on another machine "
+            "must set GPUCELL_DATA_HOST to an address this machine can reach")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -62,17 +62,25 @@ def _tensor(array: Any, requires_grad: bool) -> Any:
     return tensor.requires_grad_() if requires_grad else tensor
 
 
-def _reduce_tensor(torch: Any, tensor: Any) -> tuple[Any, tuple[Any, ...]] | None:
-    """A plain CPU tensor that is the whole of its storage travels as a numpy view of its memory, so its bytes
-    go out of band (torch's own pickling copies them into the pickle, several times). None: torch's way
-    (other devices and layouts, dtypes numpy lacks such as bfloat16, views of part of a storage)."""
+def whole_cpu_tensor(torch: Any, tensor: Any) -> bool:
+    """A strided CPU tensor that is the whole of its storage (not a view of part of one, no lazy conj/neg)."""
     try:
-        if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_conj() or tensor.is_neg():
-            return None
-        if tensor.storage_offset() != 0 or tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
-            return None
+        return (tensor.device.type == "cpu" and tensor.layout == torch.strided and not tensor.is_conj()
+                and not tensor.is_neg() and tensor.storage_offset() == 0
+                and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size())
+    except AttributeError:  # an older torch
+        return False
+
+
+def _reduce_tensor(torch: Any, tensor: Any) -> tuple[Any, tuple[Any, ...]] | None:
+    """A whole CPU tensor travels as a numpy view of its memory, so its bytes go out of band (torch's own
+    pickling copies them into the pickle, several times). None: torch's way (other devices and layouts,
+    dtypes numpy lacks such as bfloat16, views of part of a storage)."""
+    if not whole_cpu_tensor(torch, tensor):
+        return None
+    try:
         array = tensor.detach().numpy()
-    except (AttributeError, TypeError, RuntimeError):  # an older torch, or a dtype numpy lacks
+    except (TypeError, RuntimeError):  # a dtype numpy lacks
         return None
     return _tensor, (array, tensor.requires_grad)
 

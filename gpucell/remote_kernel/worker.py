@@ -489,10 +489,8 @@ def _movable(value: Any) -> bool:
     torch = sys.modules.get("torch")
     if torch is None or type(value) is not torch.Tensor:
         return False
-    return (value.device.type == "cpu" and value.layout == torch.strided and value._base is None
-            and not value.requires_grad and value.grad is None and not value.__dict__
-            and value.storage_offset() == 0
-            and value.untyped_storage().nbytes() == value.numel() * value.element_size())
+    return (serialize.whole_cpu_tensor(torch, value) and value._base is None and not value.requires_grad
+            and value.grad is None and not value.__dict__)
 
 
 def _layout(value: Any) -> tuple[Any, ...]:
