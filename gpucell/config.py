@@ -1,4 +1,4 @@
-"""One settings table: every broker setting with its default, read from TOML, overridden by GPUCELL_* variables."""
+"""The broker config: the TOML file, then GPUCELL_* overrides; each setting's default and meaning is in gpucell.settings."""
 
 from __future__ import annotations
 
@@ -13,96 +13,61 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from gpucell import settings
 from gpucell.errors import ConfigError
 from gpucell.hardware import local_labels, nvml_inventory
+from gpucell.settings import ENV_BROKER, ENV_CONFIG, ENV_TLS_CA, ENV_TOKEN, ENV_WORKER_TOKEN, SETTINGS
 
-# Environment variables shared by client, broker and workers.
-ENV_BROKER = "GPUCELL_BROKER"
-ENV_TOKEN = "GPUCELL_TOKEN"
-ENV_WORKER_TOKEN = "GPUCELL_WORKER_TOKEN"
-ENV_CONFIG = "GPUCELL_CONFIG"
+__all__ = ["ENV_BROKER", "ENV_CONFIG", "ENV_TLS_CA", "ENV_TOKEN", "ENV_WORKER_TOKEN", "SETTINGS", "BrokerConfig",
+           "PoolConfig", "default_cpu_pool", "load_config", "parse_pool"]
 
 
 @dataclass
 class PoolConfig:
-    """One pool per hardware label (`[pools.LABEL]` in the TOML file)."""
+    """One pool per hardware label (`[pools.LABEL]` in the TOML file); each key's default and meaning: gpucell.settings."""
 
     label: str
-    simulate: bool = False          # local CPU workers that advertise this label
-    min_warm: int = 0               # idle, unassigned workers kept ready
-    max_workers: int = 4
-    idle_timeout: float = 300.0     # seconds idle before a session's worker is released
-    price_per_hour: float = 0.0
-    provisioner: str = "local"      # entry point name in the gpucell.provisioners group
-    preload: list[str] = field(default_factory=list)   # modules the fork server imports up front
-    max_workers_per_session: int = 0  # quota: workers one notebook (with its maps) may hold here; 0: none
-    gpus: int = 1                   # devices per worker for a real GPU pool (A100:2 → 2); ignored when simulated
-    memory_limit_mb: int = 0        # a worker above this RSS is stopped and its cell says why (0: none)
-    options: dict[str, Any] = field(default_factory=dict)  # provisioner-specific (e.g. Ray address)
+    simulate: bool = settings.config_field("simulate")
+    min_warm: int = settings.config_field("min_warm")
+    max_workers: int = settings.config_field("max_workers")
+    idle_timeout: float = settings.config_field("idle_timeout")
+    price_per_hour: float = settings.config_field("price_per_hour")
+    provisioner: str = settings.config_field("provisioner")
+    preload: list[str] = settings.config_field("preload")
+    max_workers_per_session: int = settings.config_field("max_workers_per_session")
+    gpus: int = settings.config_field("gpus")
+    memory_limit_mb: int = settings.config_field("memory_limit_mb")
+    options: dict[str, Any] = settings.config_field("options")
 
 
 @dataclass
 class BrokerConfig:
-    """The broker's settings; see SETTINGS below for each one's meaning."""
+    """The broker's settings (`[broker]` in the TOML file); each one's default and meaning: gpucell.settings."""
 
-    host: str = "127.0.0.1"
-    port: int = 0
-    default_hardware: str = "cpu"
-    cpu_fallback: bool = True       # a known GPU label with no pool runs on the cpu pool, with a notice
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 5.0
-    worker_start_timeout: float = 120.0
-    max_message_mb: int = 1024
-    max_blob_mb: int = 0
-    fork_server: bool = True
-    state_dir: str = ""             # worker logs, journal; "" = a fresh temp dir
-    tls_cert: str = ""
-    tls_key: str = ""
-    insecure: bool = False
-    metrics_port: int = -1
-    reattach_grace_s: float = 30.0
+    host: str = settings.config_field("host")
+    port: int = settings.config_field("port")
+    default_hardware: str = settings.config_field("default_hardware")
+    cpu_fallback: bool = settings.config_field("cpu_fallback")
+    heartbeat_interval: float = settings.config_field("heartbeat_interval")
+    heartbeat_timeout: float = settings.config_field("heartbeat_timeout")
+    worker_start_timeout: float = settings.config_field("worker_start_timeout")
+    max_message_mb: int = settings.config_field("max_message_mb")
+    max_blob_mb: int = settings.config_field("max_blob_mb")
+    fork_server: bool = settings.config_field("fork_server")
+    state_dir: str = settings.config_field("state_dir")
+    tls_cert: str = settings.config_field("tls_cert")
+    tls_key: str = settings.config_field("tls_key")
+    insecure: bool = settings.config_field("insecure")
+    metrics_port: int = settings.config_field("metrics_port")
+    reattach_grace_s: float = settings.config_field("reattach_grace_s")
     pools: dict[str, PoolConfig] = field(default_factory=dict)
 
-
-# name -> (default, meaning). The one place a setting is documented.
-SETTINGS: dict[str, tuple[Any, str]] = {
-    "host": ("127.0.0.1", "address the broker binds; anything but loopback needs TLS"),
-    "port": (0, "port the broker binds; 0 picks a free one"),
-    "default_hardware": ("cpu", "label used by a bare %%gpu when the notebook has no default"),
-    "cpu_fallback": (True, "run a known GPU label that no pool serves on the cpu pool, with a notice"),
-    "heartbeat_interval": (1.0, "seconds between worker heartbeats"),
-    "heartbeat_timeout": (5.0, "seconds without a heartbeat before a worker is declared lost"),
-    "worker_start_timeout": (120.0, "seconds a worker may take to register"),
-    "max_message_mb": (1024, "largest gRPC message accepted"),
-    "max_blob_mb": (0, "largest single value a cell may send to a worker; 0: no limit"),
-    "fork_server": (True, "start local workers by forking a warm template process"),
-    "state_dir": ("", "where worker logs and the journal go; empty: a temp dir"),
-    "tls_cert": ("", "PEM certificate for the broker's port (required for a non-loopback host)"),
-    "tls_key": ("", "PEM private key for tls_cert"),
-    "insecure": (False, "allow a non-loopback host without TLS (trusted networks only)"),
-    "metrics_port": (-1, "Prometheus /metrics port on the broker's host; 0 picks one, -1 is off"),
-    "reattach_grace_s": (30.0, "how long a cell whose client stream dropped keeps running for a reconnect"),
-}
-
-# Client side: the CA that signed the broker's certificate; set it to talk TLS.
-ENV_TLS_CA = "GPUCELL_TLS_CA"
 
 _POOL_KEYS = {f.name for f in fields(PoolConfig)} - {"label"}
 
 
 def default_cpu_pool() -> PoolConfig:
-    return PoolConfig(label="cpu", max_workers=max(2, os.cpu_count() or 2), idle_timeout=300.0)
-
-
-def _coerce(name: str, raw: str, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        return type(default)(raw)
-    except ValueError:
-        raise ConfigError(f"GPUCELL_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+    return PoolConfig(label="cpu", max_workers=max(2, os.cpu_count() or 2))
 
 
 def parse_pool(label: str, table: dict[str, Any]) -> PoolConfig:
@@ -121,7 +86,7 @@ def parse_pool(label: str, table: dict[str, Any]) -> PoolConfig:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> BrokerConfig:
     """The broker config: TOML at `path` (or $GPUCELL_CONFIG), then GPUCELL_<SETTING> overrides."""
-    path = path or os.environ.get(ENV_CONFIG) or None
+    path = path or settings.get("config") or None
     doc: dict[str, Any] = {}
     if path:
         try:
@@ -131,13 +96,12 @@ def load_config(path: str | os.PathLike[str] | None = None) -> BrokerConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     broker_table = dict(doc.get("broker", {}))
-    unknown = set(broker_table) - set(SETTINGS)
+    known = [s.name for s in settings.section(settings.BROKER)]
+    unknown = set(broker_table) - set(known)
     if unknown:
         raise ConfigError(f"[broker]: unknown key {sorted(unknown)[0]!r}")
-    for name, (default, _meaning) in SETTINGS.items():
-        raw = os.environ.get(f"GPUCELL_{name.upper()}")
-        if raw is not None:
-            broker_table[name] = _coerce(name, raw, default)
+    for name in known:  # the variable, else the file, else the default
+        broker_table[name] = settings.get(name, broker_table.get(name, settings.default(name)))
     config = BrokerConfig(**broker_table)
     for label, table in doc.get("pools", {}).items():
         config.pools[label] = parse_pool(label, dict(table))
