@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +28,7 @@ from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client.broker_client import BrokerClient
 from gpucell.client.fanout import Fanout, FanoutOptions, StreamSink, Task
 from gpucell.client.session import OutputSink, Session
-from gpucell.config import ENV_BROKER, ENV_TOKEN
+from gpucell import settings
 from gpucell.errors import ConfigError
 from gpucell.namespace import serialize
 
@@ -48,10 +47,10 @@ class Runtime:
         self._broker: EmbeddedBroker | None = None
 
     def client(self) -> BrokerClient:
-        address = os.environ.get(ENV_BROKER, "")
+        address = settings.get("broker")
         with self._lock:
             if address:
-                key = (address, os.environ.get(ENV_TOKEN, ""))
+                key = (address, settings.get("token"))
             else:
                 if self._broker is None:
                     self._broker = start_embedded_broker()
@@ -90,7 +89,7 @@ def connect(address: str | None = None, token: str | None = None) -> BrokerClien
     environment or embedded broker, see the module docstring), which stays owned by its owner.
     """
     if address:
-        return BrokerClient(address, token if token is not None else os.environ.get(ENV_TOKEN, ""))
+        return BrokerClient(address, token if token is not None else settings.get("token"))
     return _default_client()
 
 

@@ -9,6 +9,7 @@ import os
 import secrets
 import sys
 
+from gpucell import settings
 from gpucell.batch.commands import add_batch_commands
 from gpucell.config import ENV_TOKEN, ENV_WORKER_TOKEN, load_config
 from gpucell.errors import GpucellError
@@ -32,10 +33,10 @@ def _broker(args: argparse.Namespace) -> int:
             setattr(config, name, getattr(args, name))
     if args.insecure:
         config.insecure = True
-    token = os.environ.get(ENV_TOKEN) or secrets.token_urlsafe(24)
-    if not os.environ.get(ENV_TOKEN):
+    token = settings.get("token") or secrets.token_urlsafe(24)
+    if not settings.get("token"):
         print(f"gpucell broker token (set {ENV_TOKEN} on clients): {token}", file=sys.stderr, flush=True)
-    worker_token = os.environ.get(ENV_WORKER_TOKEN) or secrets.token_urlsafe(24)
+    worker_token = settings.get("worker_token") or secrets.token_urlsafe(24)
     asyncio.run(serve_forever(config, token, worker_token))
     return 0
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
 from gpucell.client.broker_client import UNARY_TIMEOUT_S, translate
-from gpucell.config import ENV_BROKER, ENV_TOKEN
+from gpucell import settings
+from gpucell.config import ENV_BROKER
 from gpucell.errors import BrokerUnavailableError, ConfigError
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
@@ -35,11 +35,11 @@ class JobsClient:
 
     @classmethod
     def from_env(cls) -> JobsClient:
-        address = os.environ.get(ENV_BROKER, "")
+        address = settings.get("broker")
         if not address:
             raise ConfigError(f"{ENV_BROKER} is not set: detached jobs run on a broker (start one with "
                               f"`gpucell broker`)")
-        return cls(address, os.environ.get(ENV_TOKEN, ""))
+        return cls(address, settings.get("token"))
 
     def _ready(self) -> None:
         if self._is_ready:

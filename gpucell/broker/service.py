@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc import aio
 
+from gpucell import settings
 from gpucell.broker import scheduler as sch
 from gpucell.broker.journal import Journal
 from gpucell.broker.metrics import BrokerMetrics
@@ -448,8 +449,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         pool = self.config.pools[pool_label]
         provisioner = self.provisioners[pool.provisioner]
         self.launches[worker_id] = LaunchRecord(pool_label, time.monotonic(), provisioner)
-        env = {"GPUCELL_MAX_BLOB_MB": str(self.config.max_blob_mb)}
-        if self.config.tls_cert and ENV_TLS_CA not in os.environ:
+        env = {settings.env_var("max_blob_mb"): str(self.config.max_blob_mb)}
+        if self.config.tls_cert and not settings.get("tls_ca"):
             env[ENV_TLS_CA] = self.config.tls_cert  # a self-signed certificate is its own CA
         spec = LaunchSpec(worker_id, pool, self.worker_address(), self.worker_token, env=env, log_dir=self.log_dir)
         try:

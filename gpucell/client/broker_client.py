@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import grpc
 
+from gpucell import settings
 from gpucell.config import ENV_BROKER, ENV_TOKEN
 from gpucell.errors import (AuthenticationError, BrokerUnavailableError, ConfigError, GpucellError,
                             UnknownHardwareError)
@@ -57,10 +57,10 @@ class BrokerClient:
 
     @classmethod
     def from_env(cls) -> BrokerClient:
-        address = os.environ.get(ENV_BROKER, "")
+        address = settings.get("broker")
         if not address:
             raise ConfigError(f"{ENV_BROKER} is not set (host:port of a gpucell broker)")
-        return cls(address, os.environ.get(ENV_TOKEN, ""))
+        return cls(address, settings.get("token"))
 
     def ensure_ready(self) -> None:
         """Fail within connect_timeout, with a clear error, when nothing listens at the address."""

@@ -18,7 +18,7 @@ from traitlets.config import Configurable
 from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, Session
-from gpucell.config import ENV_BROKER, ENV_TOKEN
+from gpucell import settings as gpucell_settings
 from gpucell.errors import ConfigError, RemoteRefError
 from gpucell.magics.status_view import status_html, status_text
 from gpucell.namespace.remote_ref import RemoteRef
@@ -208,8 +208,8 @@ def connect(shell: Any) -> GPUCellMagics:
     """The magics for this kernel: GPUCELL_BROKER if set, else an embedded broker on 127.0.0.1."""
     settings = GPUCell(parent=shell, config=shell.config)
     broker = None
-    if os.environ.get(ENV_BROKER):
-        client = BrokerClient(os.environ[ENV_BROKER], os.environ.get(ENV_TOKEN, ""))
+    if gpucell_settings.get("broker"):
+        client = BrokerClient(gpucell_settings.get("broker"), gpucell_settings.get("token"))
     else:
         broker = start_embedded_broker()
         client = BrokerClient(broker.address, broker.token)

@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from gpucell import settings
 from gpucell.namespace.serialize import Packed
 
 _LEN = struct.Struct("!Q")
@@ -339,7 +340,7 @@ def boot_id() -> str:
 
 
 def shm_enabled() -> bool:
-    return SHM_SUPPORTED and os.environ.get("GPUCELL_SHM", "1").strip().lower() not in ("0", "false", "no", "off")
+    return SHM_SUPPORTED and bool(settings.get("shm"))
 
 
 def parse_address(address: str) -> tuple[str, dict[str, str]]:
@@ -357,7 +358,7 @@ class DataServer:
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.ticket = secrets.token_urlsafe(18)
-        self.max_bytes = int(float(os.environ.get("GPUCELL_MAX_BLOB_MB", "0") or 0) * 1_000_000)
+        self.max_bytes = int(settings.get("max_blob_mb")) * 1_000_000  # the broker passes its max_blob_mb
         self._sock = socket.create_server((host, 0))
         self.address = f"{host}:{self._sock.getsockname()[1]}"
         self._uds: socket.socket | None = None

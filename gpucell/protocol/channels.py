@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import grpc
 
-from gpucell.config import ENV_TLS_CA
+from gpucell import settings
+from gpucell.settings import ENV_TLS_CA
 from gpucell.errors import ConfigError
 
 
 def open_channel(address: str, options: list[tuple[str, Any]], tls_ca: str | None = None) -> grpc.Channel:
     """TLS when a CA is given (argument or GPUCELL_TLS_CA), plaintext otherwise (loopback brokers)."""
-    ca_path = tls_ca or os.environ.get(ENV_TLS_CA, "")
+    ca_path = tls_ca or settings.get("tls_ca")
     if not ca_path:
         return grpc.insecure_channel(address, options=options)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import cloudpickle
 import grpc
 
-from gpucell import hardware
+from gpucell import hardware, settings
 from gpucell.namespace import serialize
 from gpucell.namespace.transfer import DataServer, SharedCopy, boot_id
 from gpucell.protocol import gpucell_pb2 as pb
@@ -79,11 +79,11 @@ class Worker:
         self.inbox: queue.Queue[pb.WorkerInstruction | None] = queue.Queue()
         # Values by content hash, as last bound here: an unchanged input is rebound, never re-sent.
         self.cache: dict[str, Any] = {}
-        self.data = DataServer(os.environ.get("GPUCELL_DATA_HOST", "127.0.0.1"))
-        self.lane = LaneServer(os.environ.get("GPUCELL_DATA_HOST", "127.0.0.1"), self)
+        self.data = DataServer(settings.get("data_host"))
+        self.lane = LaneServer(settings.get("data_host"), self)
         self.lane_cells: dict[str, LaneOut] = {}   # cells that came over the lane: their events go back there
         self.lane_activity = LaneActivityReporter(lambda activity: self.outbox.put(pb.WorkerMessage(lane=activity)))
-        self.node = os.environ.get("GPUCELL_NODE", socket.gethostname())
+        self.node = settings.get("node") or socket.gethostname()
         self.kept: dict[str, pb.RemoteRefInfo] = {}
         self._outgoing_cells: list[set[str]] = []   # large outputs of the last cells, newest last
         self.current_cell = ""
@@ -202,7 +202,7 @@ class Worker:
         threading.Thread(target=self._heartbeat, daemon=True, name="gpucell-heartbeat").start()
         # A worker that never served a session redials a restarted broker (with backoff, for a while);
         # one that did holds a session's state that no new broker knows, so it ends instead.
-        window = float(os.environ.get("GPUCELL_WORKER_RECONNECT_S", "60"))
+        window = settings.get("worker_reconnect_s")
         deadline = 0.0
         backoff = 0.2
         try:

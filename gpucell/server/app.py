@@ -8,6 +8,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Unicode
 
 from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
+from gpucell import settings
 from gpucell.config import ENV_BROKER, ENV_TOKEN
 from gpucell.server.handlers import HANDLERS, MANAGER_SETTING
 from gpucell.server.manager import GpuCellManager
@@ -29,8 +30,8 @@ class GpuCellApp(ExtensionApp):
     manager: GpuCellManager | None = None
 
     def initialize_settings(self) -> None:
-        address = self.broker or os.environ.get(ENV_BROKER, "")
-        token = self.token or os.environ.get(ENV_TOKEN, "")
+        address = self.broker or settings.get("broker")
+        token = self.token or settings.get("token")
         if not address:
             self.embedded = start_embedded_broker()
             address, token = self.embedded.address, self.embedded.token

@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gpucell import settings
 from gpucell.broker.provisioners import LaunchSpec, Provisioner
 from gpucell.broker.provisioners.forkserver import ForkServer
-from gpucell.config import ENV_WORKER_TOKEN, BrokerConfig
+from gpucell.config import ENV_TOKEN, ENV_WORKER_TOKEN, BrokerConfig
 from gpucell.hardware import GpuAllocator, cuda_visible_devices, nvml_inventory
 
 log = logging.getLogger("gpucell.broker.local")
@@ -26,7 +27,7 @@ def worker_command(spec: LaunchSpec) -> list[str]:
 def base_env() -> dict[str, str]:
     """What every local worker inherits from the broker, minus what it must never hold."""
     env = dict(os.environ)
-    env.pop("GPUCELL_TOKEN", None)  # a worker holds the worker token only, never the client's
+    env.pop(ENV_TOKEN, None)  # a worker holds the worker token only, never the client's
     env.pop(ENV_WORKER_TOKEN, None)  # the fork server template holds no token at all
     env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     env["PYTHONUNBUFFERED"] = "1"
@@ -41,14 +42,9 @@ def worker_env(spec: LaunchSpec) -> dict[str, str]:
     env = base_env()
     env.update(spec.env)
     env[ENV_WORKER_TOKEN] = spec.worker_token  # in the environment, never on a command line
-    env["GPUCELL_HARDWARE"] = spec.pool.label
-    env["GPUCELL_WORKER_ID"] = spec.worker_id
+    env[settings.env_var("hardware")] = spec.pool.label
+    env[settings.env_var("worker_id")] = spec.worker_id
     return env
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    return default if raw is None else raw.strip().lower() in ("1", "true", "yes")
 
 
 class LocalProvisioner(Provisioner):
@@ -59,7 +55,8 @@ class LocalProvisioner(Provisioner):
     """
 
     def __init__(self, fork_server: bool | None = None) -> None:
-        self.fork_server = _env_flag("GPUCELL_FORK_SERVER", True) if fork_server is None else fork_server
+        # The broker's config (its GPUCELL_FORK_SERVER included) comes with configure().
+        self.fork_server = settings.default("fork_server") if fork_server is None else fork_server
         self.log_dir = ""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._servers: dict[tuple[str, ...], ForkServer] = {}

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpucell import settings
 from gpucell.broker.provisioners import LaunchSpec, Provisioner
 from gpucell.config import ENV_TOKEN, ENV_WORKER_TOKEN, PoolConfig
 from gpucell.errors import ConfigError
@@ -82,10 +83,10 @@ class WorkerActor:
         child_env = dict(os.environ)  # keeps CUDA_VISIBLE_DEVICES, which Ray set for this actor's GPUs
         child_env.pop(ENV_TOKEN, None)
         child_env.update(env)
-        child_env["GPUCELL_NODE"] = node_id
+        child_env[settings.env_var("node")] = node_id
         # The worker's data server and lane listen on, and advertise, the address Ray reaches this node by
         # (clients connect there directly); a pool's env or the node's own environment may say otherwise.
-        child_env.setdefault("GPUCELL_DATA_HOST", ray.util.get_node_ip_address())
+        child_env.setdefault(settings.env_var("data_host"), ray.util.get_node_ip_address())
         child_env["PYTHONUNBUFFERED"] = "1"
         fd, self._log_path = tempfile.mkstemp(prefix="gpucell-worker-", suffix=".log")
         try:
@@ -201,8 +202,8 @@ class RayProvisioner(Provisioner):
         env = dict(spec.env)
         # The token travels in the actor call's arguments and the worker's environment, never argv.
         env[ENV_WORKER_TOKEN] = spec.worker_token
-        env["GPUCELL_HARDWARE"] = spec.pool.label
-        env["GPUCELL_WORKER_ID"] = spec.worker_id
+        env[settings.env_var("hardware")] = spec.pool.label
+        env[settings.env_var("worker_id")] = spec.worker_id
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         started = actor.start.remote(args, env).future()
         exited = actor.wait.remote().future()
