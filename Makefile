@@ -26,6 +26,7 @@ demo: install
 
 test: install chromium
 	$(PY) scripts/gen_protocol.py --check
+	$(PY) scripts/gen_settings_doc.py --check
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) bench/run.py --quick --smoke
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import sys
 
 from gpucell import settings
 from gpucell.batch.commands import add_batch_commands
-from gpucell.config import ENV_TOKEN, ENV_WORKER_TOKEN, load_config
+from gpucell.config import ENV_TOKEN, load_config
 from gpucell.errors import GpucellError
 
 
@@ -46,7 +45,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     if args.parent_pid:
         die_with_parent(args.parent_pid)
-    token = os.environ.get(ENV_WORKER_TOKEN, "")
+    token = settings.get("worker_token")
     worker_id = args.worker_id or f"{args.hardware.lower()}-{secrets.token_hex(3)}"
     return Worker(args.broker, args.hardware, worker_id, token).run()
 

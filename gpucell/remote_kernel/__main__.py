@@ -1,10 +1,9 @@
 """`python -m gpucell.remote_kernel`: start one worker (what `gpucell worker` runs), without the CLI's imports."""
 
 import argparse
-import os
 import secrets
 
-from gpucell.config import ENV_WORKER_TOKEN
+from gpucell import settings
 from gpucell.remote_kernel.worker import Worker, die_with_parent
 
 
@@ -18,7 +17,7 @@ def main() -> int:
     if args.parent_pid:
         die_with_parent(args.parent_pid)
     worker_id = args.worker_id or f"{args.hardware.lower()}-{secrets.token_hex(3)}"
-    return Worker(args.broker, args.hardware, worker_id, os.environ.get(ENV_WORKER_TOKEN, "")).run()
+    return Worker(args.broker, args.hardware, worker_id, settings.get("worker_token")).run()
 
 
 if __name__ == "__main__":

@@ -265,6 +265,7 @@ def _child(request_fd: int, template_pid: int, close_fds: list[int]) -> int:
         with contextlib.suppress(OSError):
             os.close(fd)
     os.setsid()
+    from gpucell import settings  # noqa: PLC0415
     from gpucell.remote_kernel.worker import Worker, die_with_parent  # noqa: PLC0415 - preloaded: a dict lookup
 
     # Our parent is the template, which itself dies with the broker: the chain leaves no orphan.
@@ -287,7 +288,7 @@ def _child(request_fd: int, template_pid: int, close_fds: list[int]) -> int:
         numpy.random.seed()  # a fresh process would seed from the OS; every fork must not share a stream
     argv = request["argv"]
     sys.argv = ["gpucell-worker", "--hardware", argv["hardware"], "--worker-id", argv["worker_id"]]
-    return Worker(argv["broker"], argv["hardware"], argv["worker_id"], os.environ.get("GPUCELL_WORKER_TOKEN", "")).run()
+    return Worker(argv["broker"], argv["hardware"], argv["worker_id"], settings.get("worker_token")).run()
 
 
 @dataclass
