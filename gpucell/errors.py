@@ -23,12 +23,24 @@ class UnknownHardwareError(ConfigError):
     """No pool serves the requested hardware label."""
 
 
+class NotFoundError(ConfigError):
+    """No such worker, job, notebook or cell (it never existed, or it is gone)."""
+
+
+class CellGoneError(NotFoundError):
+    """The broker no longer knows the cell: it ended long ago, or the broker restarted since."""
+
+
 class SerializationError(GpucellError):
     """A value the cell reads cannot be sent to the worker."""
 
 
 class BrokerUnavailableError(GpucellError):
     """The broker cannot be reached (closed port, wrong address, broker gone)."""
+
+
+class BrokerError(GpucellError):
+    """The broker ended a call with a status gpucell does not expect (INTERNAL, UNKNOWN): often it went down."""
 
 
 class AuthenticationError(GpucellError):

@@ -15,7 +15,8 @@ from gpucell.batch.jobs_client import JobsClient
 from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.protocol import gpucell_pb2 as pb
-from gpucell.server.manager import BadJobRequest, BrokerUnreachable, GpuCellManager, NotebookNotFound, WorkerNotFound
+from gpucell.errors import BrokerUnavailableError, ConfigError, NotFoundError
+from gpucell.server.manager import GpuCellManager
 
 POOLS_TOML = """
 [pools.T4]
@@ -109,7 +110,7 @@ def test_release_removes_the_worker(manager: GpuCellManager, broker: EmbeddedBro
     assert manager.release(worker["id"]) == {"released": [worker["id"]]}
     assert [w for w in workers(manager.status()) if w["state"] != "releasing"] == []
     wait_for(lambda: workers(manager.status()) == [], 15, what="the released worker to leave the status")
-    with pytest.raises(WorkerNotFound, match=worker["id"]):
+    with pytest.raises(NotFoundError, match=worker["id"]):
         manager.release(worker["id"])
 
 
@@ -118,9 +119,9 @@ def test_unreachable_broker_says_where(broker: EmbeddedBroker) -> None:
     try:
         made.status()
         broker.stop()
-        with pytest.raises(BrokerUnreachable, match=f"broker unreachable at {broker.address}"):
+        with pytest.raises(BrokerUnavailableError, match=f"broker unreachable at {broker.address}"):
             made.status()
-        with pytest.raises(BrokerUnreachable):
+        with pytest.raises(BrokerUnavailableError):
             made.catalog()
     finally:
         made.close()
@@ -185,15 +186,15 @@ def test_bad_job_requests_fail_before_anything_runs(broker: EmbeddedBroker, tmp_
         nbformat.write(new_notebook(cells=[new_code_cell("1")]), folder / "ok.ipynb")
     made = GpuCellManager(broker.address, broker.token, notebook_root=str(root))
     try:
-        with pytest.raises(NotebookNotFound, match="missing.ipynb"):
+        with pytest.raises(NotFoundError, match="missing.ipynb"):
             made.submit_job("missing.ipynb")
-        with pytest.raises(BadJobRequest, match="outside"):
+        with pytest.raises(ConfigError, match="outside"):
             made.submit_job("../ok.ipynb")
-        with pytest.raises(BadJobRequest, match="not a notebook"):
+        with pytest.raises(ConfigError, match="not a notebook"):
             made.submit_job("data.csv")
-        with pytest.raises(BadJobRequest, match="KEY=VALUE"):
+        with pytest.raises(ConfigError, match="KEY=VALUE"):
             made.submit_job("ok.ipynb", parameters=["no equals sign"])
-        with pytest.raises(BadJobRequest, match="XYZ"):  # the broker refuses the label at submit time
+        with pytest.raises(ConfigError, match="XYZ"):  # the broker refuses the label at submit time
             made.submit_job("/ok.ipynb", hardware="XYZ")
         assert made.jobs() == {"jobs": [], "broker": broker.address}
     finally:

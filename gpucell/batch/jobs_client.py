@@ -7,7 +7,8 @@ from typing import Any
 
 import grpc
 
-from gpucell.client.broker_client import UNARY_TIMEOUT_S, translate
+from gpucell.client.broker_client import UNARY_TIMEOUT_S
+from gpucell.client.errors_table import translate
 from gpucell import settings
 from gpucell.config import ENV_BROKER
 from gpucell.errors import BrokerUnavailableError, ConfigError

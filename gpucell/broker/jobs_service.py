@@ -9,7 +9,7 @@ import grpc
 from grpc import aio
 
 from gpucell.batch.jobs import Job, JobManager, JobRequest
-from gpucell.broker.service import BrokerService
+from gpucell.broker.service import Abort, BrokerService
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 
@@ -31,39 +31,42 @@ class JobsService(pb_grpc.JobsServicer):
     def _cost_of(self, session_name: str) -> float:
         return sum(u.cost for u in self.broker.status().usage if u.session_name == session_name)
 
+    async def _check(self, context: aio.ServicerContext) -> None:
+        if not _authorized(context, self.broker.client_token):
+            await Abort(grpc.StatusCode.UNAUTHENTICATED, pb.REASON_BAD_TOKEN,
+                        "invalid or missing gpucell token").send(context)
+
     def info(self, job: Job) -> pb.JobInfo:
         return pb.JobInfo(id=job.id, notebook=job.notebook, state=job.state, hardware=job.hardware,
                           submitted=job.submitted, started=job.started, finished=job.finished,
                           cost=self.manager.live_cost(job), error=job.error)
 
     async def _job(self, job_id: str, context: aio.ServicerContext) -> Job:
-        if not _authorized(context, self.broker.client_token):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing gpucell token")
+        await self._check(context)
         job = await self.manager.get(job_id)
         if job is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r} (see gpucell jobs)")
+            await Abort(grpc.StatusCode.NOT_FOUND, pb.REASON_NO_JOB,
+                        f"no job {job_id!r} (see gpucell jobs)").send(context)
         assert job is not None
         return job
 
     async def JobSubmit(self, request: pb.JobSubmitRequest, context: aio.ServicerContext) -> pb.JobSubmitResponse:
-        if not _authorized(context, self.broker.client_token):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing gpucell token")
+        await self._check(context)
         if not request.notebook:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the notebook is empty")
+            await Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_BAD_REQUEST, "the notebook is empty").send(context)
         if request.hardware:
             # An unknown label fails the submit, not the job half an hour later.
             try:
                 self.broker.resolve_pool(request.hardware, strict=False)
-            except Exception as exc:  # noqa: BLE001 - the service's own abort type carries code and details
-                await context.abort(getattr(exc, "code", grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+            except Abort as abort:
+                await abort.send(context)
         job = await self.manager.submit(JobRequest(
             request.notebook_name, request.notebook, list(request.parameters), request.hardware,
             request.timeout_s, request.workdir))
         return pb.JobSubmitResponse(job=self.info(job))
 
     async def JobList(self, request: pb.JobListRequest, context: aio.ServicerContext) -> pb.JobListResponse:
-        if not _authorized(context, self.broker.client_token):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing gpucell token")
+        await self._check(context)
         return pb.JobListResponse(jobs=[self.info(job) for job in await self.manager.list()])
 
     async def JobLogs(self, request: pb.JobLogsRequest, context: aio.ServicerContext) -> AsyncIterator[pb.JobLogChunk]:
@@ -75,8 +78,8 @@ class JobsService(pb_grpc.JobsServicer):
         job = await self._job(request.job_id, context)
         data = await self.manager.fetch(job)
         if not data:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"job {job.id} has no output notebook yet (state: {job.state})")
+            await Abort(grpc.StatusCode.FAILED_PRECONDITION, pb.REASON_JOB_NOT_READY,
+                        f"job {job.id} has no output notebook yet (state: {job.state})").send(context)
         return pb.JobFetchResponse(notebook=data, job=self.info(job))
 
     async def JobCancel(self, request: pb.JobCancelRequest, context: aio.ServicerContext) -> pb.JobCancelResponse:

@@ -24,6 +24,7 @@ from gpucell.config import ENV_TLS_CA, BrokerConfig
 from gpucell.hardware import KNOWN_LABELS
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
+from gpucell.protocol.reasons import parsed, reason_metadata, shown
 
 log = logging.getLogger("gpucell.broker")
 
@@ -105,7 +106,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
 
     def _check(self, context: aio.ServicerContext, token: str) -> None:
         if not hmac.compare_digest(_bearer(context).encode(), token.encode()):
-            raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing gpucell token")
+            raise Abort(grpc.StatusCode.UNAUTHENTICATED, pb.REASON_BAD_TOKEN, "invalid or missing gpucell token")
 
     def known_labels(self) -> list[str]:
         labels = set(self.config.pools)
@@ -122,16 +123,16 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         base = spec.split(":", 1)[0]
         if base.lower() in by_lower:
             # The label is served here, but not with that many devices per worker.
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"no pool serves {spec!r} (known: {', '.join(self.known_labels())})")
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_UNKNOWN_HARDWARE,
+                        f"no pool serves {spec!r} (known: {', '.join(self.known_labels())})")
         known_lower = {label.lower() for label in KNOWN_LABELS}
         if base.lower() in known_lower and self.config.cpu_fallback and "cpu" in self.config.pools:
             if strict:
-                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"no {spec} here and strict mode is on (pools: {', '.join(self.config.pools)})")
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, pb.REASON_STRICT_HARDWARE,
+                            f"no {spec} here and strict mode is on (pools: {', '.join(self.config.pools)})")
             return "cpu", f"gpucell: no {spec} on this broker; running on the local CPU instead"
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                     f"no pool serves {spec!r} (known: {', '.join(self.known_labels())})")
+        raise Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_UNKNOWN_HARDWARE,
+                    f"no pool serves {spec!r} (known: {', '.join(self.known_labels())})")
 
     # ------------------------------------------------------------ Broker service
 
@@ -140,12 +141,14 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         try:
             self._check(context, self.client_token)
             if not request.cell_id or not request.session_id:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "cell_id and session_id are required")
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_BAD_REQUEST,
+                            "cell_id and session_id are required")
             if request.cell_id in self.cells:
-                raise _Abort(grpc.StatusCode.ALREADY_EXISTS, f"cell {request.cell_id} already submitted")
+                raise Abort(grpc.StatusCode.ALREADY_EXISTS, pb.REASON_DUPLICATE_CELL,
+                            f"cell {request.cell_id} already submitted")
             pool, notice = self.resolve_pool(request.hardware, request.options.strict)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.details)
+        except Abort as abort:
+            await abort.send(context)
             return
         if request.session_name and self.session_names.get(request.session_id) != request.session_name:
             self.session_names[request.session_id] = request.session_name
@@ -168,8 +171,9 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         if run is None and request.lane_worker_id:
             run = self._lane_run_lost(request)
         if run is None or run.request.session_id != request.session_id:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"cell {request.cell_id} is gone (it finished more than "
-                                f"{self.config.reattach_grace_s:g}s ago, or belongs to another session)")
+            await Abort(grpc.StatusCode.NOT_FOUND, pb.REASON_CELL_GONE,
+                        f"cell {request.cell_id} is gone (it finished more than "
+                        f"{self.config.reattach_grace_s:g}s ago, or belongs to another session)").send(context)
             return
         async for event in self._follow(run, request.after_seq):
             yield event
@@ -231,15 +235,15 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         if request.hardware:
             try:
                 pool, _ = self.resolve_pool(request.hardware, strict=False)
-            except _Abort as abort:
-                await context.abort(abort.code, abort.details)
+            except Abort as abort:
+                await abort.send(context)
         session = request.session_id
         if request.worker_id:
             worker = self.scheduler.workers.get(request.worker_id)
             owner = (worker.session or "") if worker else ""
             if session and owner != session:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"worker {request.worker_id} does not belong to this session")
+                await Abort(grpc.StatusCode.PERMISSION_DENIED, pb.REASON_NOT_OWNER,
+                            f"worker {request.worker_id} does not belong to this session").send(context)
             session = owner
         instructions = self.scheduler.handle(sch.ReleaseRequested(
             session, time.monotonic(), pool=pool, worker_id=request.worker_id or None))
@@ -255,8 +259,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
     async def _check_or_abort(self, context: aio.ServicerContext) -> None:
         try:
             self._check(context, self.client_token)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.details)
+        except Abort as abort:
+            await abort.send(context)
 
     # ------------------------------------------------------------ WorkerHub service
 
@@ -264,12 +268,13 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                             context: aio.ServicerContext) -> AsyncIterator[pb.WorkerInstruction]:
         try:
             self._check(context, self.worker_token)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.details)
+        except Abort as abort:
+            await abort.send(context)
             return
         first = await request_iterator.__anext__()
         if first.WhichOneof("kind") != "register":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a worker must register first")
+            await Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_BAD_REQUEST,
+                        "a worker must register first").send(context)
             return
         reg = first.register
         conn = WorkerConn(reg.worker_id, reg.hardware, reg.pid, reg.node, dict(reg.versions),
@@ -348,8 +353,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             return
         kind = event.WhichOneof("kind")
         if kind == "error" and run.timed_out:
-            event.error.kind = "timeout"
-            event.error.ename = "CellTimeoutError"
+            event.error.kind = pb.Error.TIMEOUT
             event.error.evalue = f"the cell ran past its --timeout of {run.request.options.timeout_s:g}s and was stopped"
         if kind == "finished":
             event.finished.queue_s = max(0.0, run.dispatched - run.submitted - run.cold_start_s)
@@ -358,7 +362,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             self.apply(self.scheduler.handle(sch.CellFinished(run.request.cell_id, time.monotonic())))
             return
         if kind == "error":
-            run.outcome = event.error.kind or "user"
+            run.outcome = shown(pb.Error.Kind, event.error.kind, default="user")
         run.push(event)
 
     def _worker_gone(self, event: sch.WorkerGone) -> None:
@@ -541,13 +545,13 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 self.config.reattach_grace_s, self._abandon, run)
 
     def _fail(self, run: CellRun, reason: str, kind: str) -> None:
-        ename = {"timeout": "CellTimeoutError", "cancelled": "KeyboardInterrupt",
-                 "worker_lost": "WorkerLostError"}.get(kind, "GpucellError")
+        """End a cell with an error the broker made: no remote exception, so no ename; the client raises
+        the class its table gives the kind (a scheduler kind such as "worker_lost" names an Error.Kind)."""
         if kind == "timeout":
             reason = f"the cell ran past its --timeout of {run.request.options.timeout_s:g}s and was stopped"
         run.outcome = kind
         run.push(pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
-                              error=pb.Error(ename=ename, evalue=reason, kind=kind)))
+                              error=pb.Error(evalue=reason, kind=parsed(pb.Error.Kind, kind))))
         self._complete(run, pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
                                          finished=pb.Finished(ok=False)))
 
@@ -625,8 +629,14 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                                self.address, self.metrics.address)
 
 
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+class Abort(Exception):
+    """A refusal: its status code, its Reason (for the client's table) and the one line the user reads."""
+
+    def __init__(self, code: grpc.StatusCode, reason: int, details: str) -> None:
         super().__init__(details)
         self.code = code
+        self.reason = reason
         self.details = details
+
+    async def send(self, context: aio.ServicerContext) -> None:
+        await context.abort(self.code, self.details, reason_metadata(self.reason))

@@ -26,12 +26,13 @@ def status_response(config: BrokerConfig, scheduler: sch.Scheduler, conns: Mappi
             idle = now - w.last_active if w.state is sch.WorkerState.IDLE else 0.0
             release_in = max(0.0, w.idle_timeout - idle) if w.state is sch.WorkerState.IDLE else -1.0
             conn = conns.get(w.id)
+            state = pb.WorkerStatus.State.Value(w.state.name)   # the scheduler's states, by the same names
             if session_id and w.session != session_id:
-                workers.append(pb.WorkerStatus(id="", state=w.state.value, hardware=label,
+                workers.append(pb.WorkerStatus(id="", state=state, hardware=label,
                                                idle_s=idle, release_in_s=release_in))
                 continue
             workers.append(pb.WorkerStatus(
-                id=w.id, state=w.state.value, session=w.session or "", idle_s=idle, hardware=label,
+                id=w.id, state=state, session=w.session or "", idle_s=idle, hardware=label,
                 release_in_s=release_in, session_name=session_names.get(w.session or "", ""),
                 pid=conn.pid if conn else 0, node=conn.node if conn else "", gpus=conn.gpus if conn else []))
         pools.append(pb.PoolStatus(

@@ -8,37 +8,20 @@ from typing import Any, TypeVar
 
 import grpc
 
+from gpucell.client.errors_table import translate
 from gpucell import settings
 from gpucell.config import ENV_BROKER, ENV_TOKEN
-from gpucell.errors import (AuthenticationError, BrokerUnavailableError, ConfigError, GpucellError,
-                            UnknownHardwareError)
+from gpucell.errors import BrokerUnavailableError, ConfigError
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol.channels import open_channel
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
+from gpucell.protocol.reasons import shown
 
 UNARY_TIMEOUT_S = 10.0
 # A dropped cell stream is re-attached for this long (the broker keeps the cell for reattach_grace_s).
 REATTACH_WINDOW_S = 25.0
 _DROPPED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 T = TypeVar("T")
-
-
-def translate(exc: grpc.RpcError, address: str) -> GpucellError:
-    """The one place where a gRPC status turns into what a user reads."""
-    code = exc.code() if hasattr(exc, "code") else None
-    details = (exc.details() if hasattr(exc, "details") else "") or ""
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return BrokerUnavailableError(f"cannot reach the gpucell broker at {address} ({ENV_BROKER}): "
-                                      f"{details.splitlines()[0] if details else code.name.lower()}")
-    if code is grpc.StatusCode.UNAUTHENTICATED:
-        return AuthenticationError(f"the gpucell broker at {address} refused the token ({ENV_TOKEN}): {details}")
-    if code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith("no pool serves"):
-        return UnknownHardwareError(details)
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                grpc.StatusCode.PERMISSION_DENIED):
-        return ConfigError(details)
-    return GpucellError(f"broker error ({code.name if code else 'unknown'}): {details}")
 
 
 class BrokerClient:
@@ -169,7 +152,7 @@ def status_to_json(status: pb.StatusGetResponse) -> dict[str, Any]:
     pools: dict[str, Any] = {}
     for pool in status.pools:
         pools[pool.label] = {
-            "workers": [{"id": w.id, "state": w.state, "session": w.session, "idle_s": round(w.idle_s, 3),
+            "workers": [{"id": w.id, "state": shown(pb.WorkerStatus.State, w.state), "session": w.session, "idle_s": round(w.idle_s, 3),
                          "hardware": w.hardware, "release_in_s": round(w.release_in_s, 3),
                          "session_name": w.session_name, "pid": w.pid, "node": w.node,
                          "gpus": [{"name": g.name, "uuid": g.uuid, "utilization": g.utilization,

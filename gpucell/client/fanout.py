@@ -20,8 +20,8 @@ from gpucell.client.fanout_queue import (LOST_RETRIES, RECONNECT_WINDOW_S, Batch
                                          retry_delay)
 from gpucell.client.fanout_runner import NO_TASK, CellBody, Task
 from gpucell.client.session import CellOptions, OutputSink, Session
-from gpucell.errors import (BrokerUnavailableError, ConfigError, GpucellError, RemoteError, SerializationError,
-                            WorkerLostError)
+from gpucell.errors import (BrokerError, BrokerUnavailableError, CellGoneError, GpucellError, RemoteError,
+                            SerializationError, WorkerLostError)
 
 # Which item runs where, retries and result order are the queue's (fanout_queue.py, a pure state
 # machine, with the batch sizing and fault limits); this module holds the threads and the I/O around it.
@@ -398,13 +398,9 @@ def fault_kind(exc: GpucellError) -> str | None:
     and no longer knows the cell; None: the cell's own outcome (a user error, a timeout, a bad request)."""
     if isinstance(exc, WorkerLostError):
         return "lost"
-    if isinstance(exc, BrokerUnavailableError):
-        return "unreachable"
-    if isinstance(exc, ConfigError) and " is gone (" in str(exc):
-        # A dropped stream re-attached (CellAttach: NOT_FOUND) to a broker that restarted meanwhile.
-        return "unreachable"
-    if type(exc) is GpucellError and str(exc).startswith("broker error ("):
-        # A stream cut with another status than UNAVAILABLE (INTERNAL, UNKNOWN) while the broker went down.
+    # CellGoneError: a dropped stream re-attached to a broker that restarted meanwhile. BrokerError: a stream
+    # cut with another status than UNAVAILABLE (INTERNAL, UNKNOWN) while the broker went down.
+    if isinstance(exc, (BrokerUnavailableError, CellGoneError, BrokerError)):
         return "unreachable"
     return None
 

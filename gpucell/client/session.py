@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gpucell.client.broker_client import BrokerClient
+from gpucell.client.errors_table import CELL_ERRORS
 from gpucell.client.lane import Lane, LaneClosed, LaneLost
-from gpucell.errors import (CellTimeoutError, ConfigError, DataPathError, GpucellError, RemoteError,
+from gpucell.errors import (ConfigError, DataPathError, GpucellError, RemoteError,
                             RemoteRefError, SerializationError, UnknownHardwareError, WorkerLostError)
 from gpucell.namespace import serialize, transfer
 from gpucell.namespace.analysis import CellSyntaxError, analyze
@@ -287,8 +288,7 @@ class Session:
                     yield event
         except GpucellError:
             yield pb.CellEvent(cell_id=request.cell_id, error=pb.Error(
-                ename="WorkerLostError", evalue=f"worker lost: {lane.worker_id}'s connection closed mid-cell",
-                kind="worker_lost"))
+                evalue=f"worker lost: {lane.worker_id}'s connection closed mid-cell", kind=pb.Error.WORKER_LOST))
             yield pb.CellEvent(cell_id=request.cell_id, finished=pb.Finished(ok=False))
 
     def _drop_lane(self, lane: Lane | None) -> None:
@@ -343,13 +343,13 @@ class Session:
             pass
 
     def _error(self, error: pb.Error, request: pb.CellExecuteRequest, report: CellReport) -> BaseException:
-        if error.kind == "cancelled":
+        cls = CELL_ERRORS.get(error.kind)
+        if cls is KeyboardInterrupt:
             return KeyboardInterrupt()
-        if error.kind == "timeout":
-            return CellTimeoutError(error.evalue)
-        if error.kind == "worker_lost":
-            self.mark_lost(report.worker_id)
-            return WorkerLostError(error.evalue)
+        if cls is not None:
+            if issubclass(cls, WorkerLostError):
+                self.mark_lost(report.worker_id)
+            return cls(error.evalue)
         if error.ename == "RemoteRefError":
             for name in request.refs:
                 ref = self.refs.get(name)
@@ -357,8 +357,6 @@ class Session:
                     self.mark_lost(ref.worker_id)  # the cell ran elsewhere: that worker is gone
             lost = [self.refs[n] for n in request.refs if n in self.refs and self.refs[n].lost]
             return RemoteRefError(lost[0].lost_message() if lost else error.evalue)
-        if error.kind == "rejected":
-            return ConfigError(error.evalue)
         return RemoteError(error.ename, error.evalue, list(error.traceback), hardware=report.hardware)
 
     def _apply(self, result: pb.Result, user_ns: MutableMapping[str, Any], report: CellReport,

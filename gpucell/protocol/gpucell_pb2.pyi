@@ -1,10 +1,34 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_UNSPECIFIED: _ClassVar[Reason]
+    REASON_BAD_TOKEN: _ClassVar[Reason]
+    REASON_UNKNOWN_HARDWARE: _ClassVar[Reason]
+    REASON_STRICT_HARDWARE: _ClassVar[Reason]
+    REASON_BAD_REQUEST: _ClassVar[Reason]
+    REASON_DUPLICATE_CELL: _ClassVar[Reason]
+    REASON_CELL_GONE: _ClassVar[Reason]
+    REASON_NOT_OWNER: _ClassVar[Reason]
+    REASON_NO_JOB: _ClassVar[Reason]
+    REASON_JOB_NOT_READY: _ClassVar[Reason]
+REASON_UNSPECIFIED: Reason
+REASON_BAD_TOKEN: Reason
+REASON_UNKNOWN_HARDWARE: Reason
+REASON_STRICT_HARDWARE: Reason
+REASON_BAD_REQUEST: Reason
+REASON_DUPLICATE_CELL: Reason
+REASON_CELL_GONE: Reason
+REASON_NOT_OWNER: Reason
+REASON_NO_JOB: Reason
+REASON_JOB_NOT_READY: Reason
 
 class Blob(_message.Message):
     __slots__ = ("hash", "data", "buffers")
@@ -220,6 +244,20 @@ class Result(_message.Message):
 
 class Error(_message.Message):
     __slots__ = ("ename", "evalue", "traceback", "kind")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[Error.Kind]
+        USER: _ClassVar[Error.Kind]
+        CANCELLED: _ClassVar[Error.Kind]
+        TIMEOUT: _ClassVar[Error.Kind]
+        WORKER_LOST: _ClassVar[Error.Kind]
+        REJECTED: _ClassVar[Error.Kind]
+    KIND_UNSPECIFIED: Error.Kind
+    USER: Error.Kind
+    CANCELLED: Error.Kind
+    TIMEOUT: Error.Kind
+    WORKER_LOST: Error.Kind
+    REJECTED: Error.Kind
     ENAME_FIELD_NUMBER: _ClassVar[int]
     EVALUE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
@@ -227,8 +265,8 @@ class Error(_message.Message):
     ename: str
     evalue: str
     traceback: _containers.RepeatedScalarFieldContainer[str]
-    kind: str
-    def __init__(self, ename: _Optional[str] = ..., evalue: _Optional[str] = ..., traceback: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ...) -> None: ...
+    kind: Error.Kind
+    def __init__(self, ename: _Optional[str] = ..., evalue: _Optional[str] = ..., traceback: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[Error.Kind, str]] = ...) -> None: ...
 
 class Finished(_message.Message):
     __slots__ = ("queue_s", "cold_start_s", "run_s", "transfer_s", "bytes_in", "bytes_out", "ok")
@@ -288,6 +326,18 @@ class StatusGetRequest(_message.Message):
 
 class WorkerStatus(_message.Message):
     __slots__ = ("id", "state", "session", "idle_s", "hardware", "release_in_s", "session_name", "pid", "node", "gpus")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[WorkerStatus.State]
+        STARTING: _ClassVar[WorkerStatus.State]
+        IDLE: _ClassVar[WorkerStatus.State]
+        BUSY: _ClassVar[WorkerStatus.State]
+        RELEASING: _ClassVar[WorkerStatus.State]
+    STATE_UNSPECIFIED: WorkerStatus.State
+    STARTING: WorkerStatus.State
+    IDLE: WorkerStatus.State
+    BUSY: WorkerStatus.State
+    RELEASING: WorkerStatus.State
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -299,7 +349,7 @@ class WorkerStatus(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     id: str
-    state: str
+    state: WorkerStatus.State
     session: str
     idle_s: float
     hardware: str
@@ -308,7 +358,7 @@ class WorkerStatus(_message.Message):
     pid: int
     node: str
     gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., session: _Optional[str] = ..., idle_s: _Optional[float] = ..., hardware: _Optional[str] = ..., release_in_s: _Optional[float] = ..., session_name: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[WorkerStatus.State, str]] = ..., session: _Optional[str] = ..., idle_s: _Optional[float] = ..., hardware: _Optional[str] = ..., release_in_s: _Optional[float] = ..., session_name: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
     __slots__ = ("label", "workers", "queued", "max_workers", "min_warm", "idle_timeout", "price_per_hour", "simulate")

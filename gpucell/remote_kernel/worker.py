@@ -432,18 +432,19 @@ class Worker:
             error = self.shell.last_error
             if error is not None:
                 ename, evalue, stb = error
-                kind = "cancelled" if ename == "KeyboardInterrupt" and self.cancelled_cell == cell else "user"
+                cancelled = ename == "KeyboardInterrupt" and self.cancelled_cell == cell
+                kind = pb.Error.CANCELLED if cancelled else pb.Error.USER
                 self._emit(cell, error=pb.Error(ename=ename, evalue=evalue, traceback=stb, kind=kind))
             else:
                 result, sent = self._collect(req, inputs)
                 self._emit(cell, result=result)
                 ok = True
         except PrepareError as exc:
-            kind = "cancelled" if exc.ename == "KeyboardInterrupt" else "user"
+            kind = pb.Error.CANCELLED if exc.ename == "KeyboardInterrupt" else pb.Error.USER
             self._emit(cell, error=pb.Error(ename=exc.ename, evalue=exc.evalue, kind=kind))
         except KeyboardInterrupt:
             # An interrupt that landed outside user code: the cell still ends as cancelled.
-            self._emit(cell, error=pb.Error(ename="KeyboardInterrupt", evalue="", kind="cancelled"))
+            self._emit(cell, error=pb.Error(ename="KeyboardInterrupt", evalue="", kind=pb.Error.CANCELLED))
         finally:
             self._emit(cell, finished=pb.Finished(run_s=time.perf_counter() - started, bytes_in=received,
                                                   bytes_out=sent, ok=ok))

@@ -10,16 +10,26 @@ import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 
-from gpucell.errors import GpucellError
-from gpucell.server.manager import (
-    BadJobRequest,
-    BrokerUnreachable,
-    GpuCellManager,
-    NotebookNotFound,
-    WorkerNotFound,
-)
+from gpucell.errors import BrokerUnavailableError, ConfigError, GpucellError, NotFoundError
+from gpucell.server.manager import GpuCellManager
 
 MANAGER_SETTING = "gpucell_manager"
+
+# The one table from gpucell.errors to HTTP: the most specific class in an error's MRO wins. These answer
+# the message alone; any other GpucellError is the broker's failure (502), named by its class.
+HTTP_STATUS: dict[type[GpucellError], int] = {
+    BrokerUnavailableError: 503,
+    NotFoundError: 404,       # no such worker or notebook
+    ConfigError: 400,         # a request the broker would refuse: bad path, parameter or label
+}
+
+
+def http_error(exc: GpucellError) -> tuple[int, str]:
+    """The HTTP status and the `error` text the sidebar shows for a gpucell error."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls], str(exc)
+    return 502, f"{type(exc).__name__}: {exc}"
 
 
 class GpuCellHandler(ExtensionHandlerMixin, APIHandler):
@@ -33,14 +43,8 @@ class GpuCellHandler(ExtensionHandlerMixin, APIHandler):
         try:
             # gRPC calls block: a thread keeps the server responsive while the broker answers.
             result = await asyncio.get_running_loop().run_in_executor(None, call)
-        except BrokerUnreachable as exc:
-            self._fail(503, str(exc))
-        except (WorkerNotFound, NotebookNotFound) as exc:
-            self._fail(404, str(exc))
-        except BadJobRequest as exc:
-            self._fail(400, str(exc))
         except GpucellError as exc:
-            self._fail(502, f"{type(exc).__name__}: {exc}")
+            self._fail(*http_error(exc))
         else:
             self.set_status(status)
             self.finish(result)

@@ -10,23 +10,7 @@ from typing import Any, Protocol
 
 from gpucell.batch.jobs_client import JobsClient
 from gpucell.client import BrokerClient
-from gpucell.errors import BrokerUnavailableError, ConfigError, GpucellError
-
-
-class BrokerUnreachable(GpucellError):
-    """The broker did not answer; the REST layer turns this into 503."""
-
-
-class WorkerNotFound(GpucellError):
-    """No worker with that id is known to the broker (already released, or never existed)."""
-
-
-class NotebookNotFound(GpucellError):
-    """No such notebook under the server's root; the REST layer turns this into 404."""
-
-
-class BadJobRequest(GpucellError):
-    """A job the broker would refuse or could not run as asked (bad path, parameter or label): 400."""
+from gpucell.errors import BrokerUnavailableError, ConfigError, NotFoundError
 
 
 class BrokerCalls(Protocol):
@@ -53,7 +37,10 @@ class JobCalls(Protocol):
 
 
 class GpuCellManager:
-    """Catalog with live counts, status with cost per notebook, releasing one worker, and batch jobs."""
+    """Catalog with live counts, status with cost per notebook, releasing one worker, and batch jobs.
+
+    It raises gpucell.errors only; the handlers map their classes to HTTP codes in one table.
+    """
 
     def __init__(
         self,
@@ -127,17 +114,14 @@ class GpuCellManager:
         try:
             parse_parameters(pairs)  # a typo fails here, not in a job that runs for an hour first
         except ConfigError as exc:
-            raise BadJobRequest(str(exc).replace("-p ", "parameter ", 1)) from None
+            raise ConfigError(str(exc).replace("-p ", "parameter ", 1)) from None
         notebook = self.resolve_notebook(path)
         try:
             data = notebook.read_bytes()
         except OSError as exc:
-            raise NotebookNotFound(f"cannot read {path}: {exc.strerror or exc}") from None
-        try:
-            job = self._call(lambda: self._jobs.submit(str(notebook), data, pairs, hardware, 0.0,
-                                                       str(notebook.parent)))
-        except ConfigError as exc:  # unknown hardware label, empty notebook: the request is at fault
-            raise BadJobRequest(str(exc)) from None
+            raise NotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+        # An unknown hardware label or an empty notebook comes back as a ConfigError: the request is at fault.
+        job = self._call(lambda: self._jobs.submit(str(notebook), data, pairs, hardware, 0.0, str(notebook.parent)))
         return self._job_json(job)
 
     def jobs(self) -> dict[str, Any]:
@@ -150,13 +134,13 @@ class GpuCellManager:
         """The absolute path of a notebook named relative to the server's root; never outside that root."""
         root = Path(os.path.abspath(self.notebook_root or os.getcwd()))
         if not path.endswith(".ipynb"):
-            raise BadJobRequest(f"{path!r} is not a notebook (.ipynb)")
+            raise ConfigError(f"{path!r} is not a notebook (.ipynb)")
         # Lab names files with "/" and no leading slash; an absolute or ".." path must still land under root.
         candidate = Path(os.path.abspath(root / path.lstrip("/")))
         if os.path.commonpath([root, candidate]) != str(root):
-            raise BadJobRequest(f"{path!r} is outside the server's root")
+            raise ConfigError(f"{path!r} is outside the server's root")
         if not candidate.is_file():
-            raise NotebookNotFound(f"no notebook {path!r} under {root}")
+            raise NotFoundError(f"no notebook {path!r} under {root}")
         return candidate
 
     def close(self) -> None:
@@ -188,10 +172,10 @@ class GpuCellManager:
             for worker in pool.get("workers", []):
                 if worker["id"] == worker_id:
                     return str(worker.get("session", ""))
-        raise WorkerNotFound(f"no worker {worker_id!r} at broker {self.address}")
+        raise NotFoundError(f"no worker {worker_id!r} at broker {self.address}")
 
     def _call(self, call: Callable[[], Any]) -> Any:
         try:
             return call()
         except BrokerUnavailableError as exc:
-            raise BrokerUnreachable(f"broker unreachable at {self.address}: {exc}") from exc
+            raise BrokerUnavailableError(f"broker unreachable at {self.address}: {exc}") from exc
