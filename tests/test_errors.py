@@ -14,19 +14,22 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from conftest import Cluster
+from gpucell.batch.jobs import TERMINAL
 from gpucell.batch.jobs_client import JobsClient
+from gpucell.broker.scheduler import WorkerState
 from gpucell.client import BrokerClient
 from gpucell.client.errors_table import CELL_ERRORS, RPC_ERRORS, UNEXPECTED, Row, translate
 from gpucell.errors import (AuthenticationError, BrokerError, BrokerUnavailableError, CellGoneError, ConfigError,
                             GpucellError, NotFoundError, UnknownHardwareError)
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
-from gpucell.protocol.reasons import REASON_KEY, reason_of
+from gpucell.protocol.reasons import REASON_KEY, parsed, reason_of, shown
 
 
 def _known(cluster: Cluster) -> str:
@@ -211,3 +214,17 @@ def test_every_abort_in_the_broker_names_a_reason() -> None:
 def test_every_failed_cell_kind_but_the_users_own_has_a_class() -> None:
     kinds = set(pb.Error.Kind.values()) - {pb.Error.KIND_UNSPECIFIED, pb.Error.USER}
     assert set(CELL_ERRORS) == kinds
+
+
+# ---------------------------------------------------------------- enums on the wire, strings for users
+
+
+@pytest.mark.parametrize(("enum", "strings"), [
+    (pb.WorkerStatus.State, {state.value for state in WorkerState}),     # `gpucell status --json`, the sidebar
+    (pb.JobInfo.State, {"running", *TERMINAL}),                           # `gpucell jobs`, the sidebar
+    (pb.Error.Kind, {"user", "cancelled", "timeout", "worker_lost", "rejected"}),  # metrics labels
+], ids=["worker-state", "job-state", "error-kind"])
+def test_each_wire_enum_reads_as_the_string_users_saw(enum: Any, strings: set[str]) -> None:
+    values = set(enum.values()) - {0}
+    assert {shown(enum, value) for value in values} == strings
+    assert {parsed(enum, text) for text in strings} == values

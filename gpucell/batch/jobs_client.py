@@ -15,11 +15,12 @@ from gpucell.errors import BrokerUnavailableError, ConfigError
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
+from gpucell.protocol.reasons import shown
 
 
 def job_to_json(job: pb.JobInfo) -> dict[str, Any]:
-    return {"id": job.id, "notebook": job.notebook, "state": job.state, "hardware": job.hardware,
-            "submitted": job.submitted, "started": job.started, "finished": job.finished,
+    return {"id": job.id, "notebook": job.notebook, "state": shown(pb.JobInfo.State, job.state),
+            "hardware": job.hardware, "submitted": job.submitted, "started": job.started, "finished": job.finished,
             "cost": round(job.cost, 6), "error": job.error}
 
 

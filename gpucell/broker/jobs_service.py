@@ -12,6 +12,7 @@ from gpucell.batch.jobs import Job, JobManager, JobRequest
 from gpucell.broker.service import Abort, BrokerService
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
+from gpucell.protocol.reasons import parsed
 
 
 def _authorized(context: aio.ServicerContext, token: str) -> bool:
@@ -37,8 +38,8 @@ class JobsService(pb_grpc.JobsServicer):
                         "invalid or missing gpucell token").send(context)
 
     def info(self, job: Job) -> pb.JobInfo:
-        return pb.JobInfo(id=job.id, notebook=job.notebook, state=job.state, hardware=job.hardware,
-                          submitted=job.submitted, started=job.started, finished=job.finished,
+        return pb.JobInfo(id=job.id, notebook=job.notebook, state=parsed(pb.JobInfo.State, job.state),
+                          hardware=job.hardware, submitted=job.submitted, started=job.started, finished=job.finished,
                           cost=self.manager.live_cost(job), error=job.error)
 
     async def _job(self, job_id: str, context: aio.ServicerContext) -> Job:

@@ -583,6 +583,20 @@ class JobSubmitRequest(_message.Message):
 
 class JobInfo(_message.Message):
     __slots__ = ("id", "notebook", "state", "hardware", "submitted", "started", "finished", "cost", "error")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[JobInfo.State]
+        RUNNING: _ClassVar[JobInfo.State]
+        SUCCEEDED: _ClassVar[JobInfo.State]
+        FAILED: _ClassVar[JobInfo.State]
+        CANCELLED: _ClassVar[JobInfo.State]
+        INTERRUPTED: _ClassVar[JobInfo.State]
+    STATE_UNSPECIFIED: JobInfo.State
+    RUNNING: JobInfo.State
+    SUCCEEDED: JobInfo.State
+    FAILED: JobInfo.State
+    CANCELLED: JobInfo.State
+    INTERRUPTED: JobInfo.State
     ID_FIELD_NUMBER: _ClassVar[int]
     NOTEBOOK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -594,14 +608,14 @@ class JobInfo(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     id: str
     notebook: str
-    state: str
+    state: JobInfo.State
     hardware: str
     submitted: float
     started: float
     finished: float
     cost: float
     error: str
-    def __init__(self, id: _Optional[str] = ..., notebook: _Optional[str] = ..., state: _Optional[str] = ..., hardware: _Optional[str] = ..., submitted: _Optional[float] = ..., started: _Optional[float] = ..., finished: _Optional[float] = ..., cost: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., notebook: _Optional[str] = ..., state: _Optional[_Union[JobInfo.State, str]] = ..., hardware: _Optional[str] = ..., submitted: _Optional[float] = ..., started: _Optional[float] = ..., finished: _Optional[float] = ..., cost: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class JobSubmitResponse(_message.Message):
     __slots__ = ("job",)
