@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gpucell.client import fanout_queue as fq
@@ -284,15 +284,18 @@ class Harness:
 
 # ---------------------------------------------------------------- strategies
 
+take = st.tuples(st.just("take"), st.integers(0, 2))
+consume = st.tuples(st.just("consume"), st.integers(1, 5))
 actions = st.one_of(
-    st.tuples(st.just("take"), st.integers(0, 2)),
+    take, take, take,             # weighted: reports need batches out
     st.tuples(st.just("deliver"), st.integers(0, 7), st.integers(0, 6), st.integers(0, 2 ** 6 - 1)),
     st.tuples(st.just("deliver"), st.integers(0, 7), st.just(fq.MAX_BATCH), st.just(0)),
     st.tuples(st.just("fail"), st.integers(0, 7)),
     st.tuples(st.just("lose"), st.integers(0, 7)),
+    st.tuples(st.just("lose"), st.integers(0, 7)),
     st.tuples(st.just("unreachable"), st.integers(0, 7)),
     st.tuples(st.just("duplicate"), st.integers(0, 20), st.integers(0, 3)),
-    st.tuples(st.just("consume"), st.integers(1, 5)),
+    consume, consume,
     st.tuples(st.just("ready"), st.integers(0, 2)),
     st.tuples(st.just("tick"), st.sampled_from([0.05, 0.3, 1.0, 3.0, 12.0])),
 )
@@ -308,7 +311,7 @@ class Setup:
     hint: str                      # the source's length hint: right, absent, too small, too large
 
 
-setups = st.builds(Setup, n=st.integers(0, 30), slots=st.integers(1, 3), retries=st.integers(0, 2),
+setups = st.builds(Setup, n=st.integers(0, 40), slots=st.integers(1, 3), retries=st.integers(0, 2),
                    ordered=st.booleans(), return_exceptions=st.booleans(),
                    hint=st.sampled_from(["right", "none", "small", "large"]))
 
@@ -352,11 +355,13 @@ PROPERTY_SETTINGS = settings(max_examples=int(os.environ.get("GPUCELL_PROPERTY_E
 
 
 @PROPERTY_SETTINGS
-@given(setups, st.lists(actions, max_size=80))
+@given(setups, st.lists(actions, min_size=30, max_size=150))
 def test_random_interleavings_deliver_every_item_once_in_order(setup: Setup, steps: list[tuple]) -> None:  # type: ignore[type-arg]
     h = make(setup)
     run_actions(h, steps)
     h.drain()
+    event(f"ended: {'stopped' if h.stopping else 'finished'}; lost batches: {min(h.lost_batches, 3)}; "
+          f"retried: {any(m.attempts for m in h.items.values())}; reconnects: {h.q.reconnects > 0}")
     if h.stopping:
         # The map stopped on an item that failed for good (or a broker that stayed away): that error says so.
         assert h.q.fatal is not None and h.q.take(0, h.now) is None
@@ -369,6 +374,27 @@ def test_random_interleavings_deliver_every_item_once_in_order(setup: Setup, ste
     assert h.q.done + h.q.failed == setup.n and h.q.pending == h.q.in_flight == h.q.retrying == 0
     if setup.ordered:
         assert [o.index for o in h.yielded] == list(range(setup.n))
+
+
+deadly = st.one_of(take, take, st.tuples(st.just("lose"), st.integers(0, 7)),
+                   st.tuples(st.just("lose"), st.integers(0, 7)),
+                   st.tuples(st.just("deliver"), st.integers(0, 7), st.integers(0, 3), st.integers(0, 3)),
+                   st.tuples(st.just("tick"), st.sampled_from([0.3, 3.0, 12.0])), consume)
+
+
+@PROPERTY_SETTINGS
+@given(st.builds(Setup, n=st.integers(1, 5), slots=st.integers(1, 2), retries=st.integers(0, 1),
+                 ordered=st.booleans(), return_exceptions=st.booleans(), hint=st.sampled_from(["right", "none"])),
+       st.lists(deadly, min_size=20, max_size=150))
+def test_workers_that_keep_dying_lose_and_double_nothing(setup: Setup, steps: list[tuple]) -> None:  # type: ignore[type-arg]
+    h = make(setup)
+    run_actions(h, steps)
+    h.drain()
+    event(f"an item lost past LOST_RETRIES: {any(m.losses > fq.LOST_RETRIES for m in h.items.values())}")
+    if not h.stopping:
+        assert sorted(o.index for o in h.yielded) == list(range(setup.n))
+        for o in h.yielded:          # an item its workers kept dying under stands as that error, in its place
+            assert o.ok or o.value.ename in ("ValueError", "WorkerLostError")
 
 
 @PROPERTY_SETTINGS
