@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpucell.broker.embedded import start_embedded_broker
+from gpucell.client.embedded import start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, Session
 

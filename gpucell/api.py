@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
+from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client.broker_client import BrokerClient
 from gpucell.client.fanout import Fanout, FanoutOptions, StreamSink, Task
 from gpucell.client.session import OutputSink, Session

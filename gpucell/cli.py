@@ -12,11 +12,11 @@ from gpucell import settings
 from gpucell.batch.commands import add_batch_commands
 from gpucell.config import ENV_TOKEN, load_config
 from gpucell.errors import GpucellError
+from gpucell.process import die_with_parent
 
 
 def _broker(args: argparse.Namespace) -> int:
     from gpucell.broker.server import serve_forever  # noqa: PLC0415 - the broker's deps load only for this command
-    from gpucell.remote_kernel.worker import die_with_parent  # noqa: PLC0415
 
     if args.parent_pid:
         die_with_parent(args.parent_pid)
@@ -41,13 +41,10 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from gpucell.remote_kernel.worker import Worker, die_with_parent  # noqa: PLC0415 - heavy, worker only
+    from gpucell.remote_kernel.worker import run_worker  # noqa: PLC0415 - heavy, worker only
 
-    if args.parent_pid:
-        die_with_parent(args.parent_pid)
-    token = settings.get("worker_token")
     worker_id = args.worker_id or f"{args.hardware.lower()}-{secrets.token_hex(3)}"
-    return Worker(args.broker, args.hardware, worker_id, token).run()
+    return run_worker(args.broker, args.hardware, worker_id, args.parent_pid)
 
 
 def _client():  # type: ignore[no-untyped-def]

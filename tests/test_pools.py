@@ -15,7 +15,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from conftest import Cluster, RecordingSink, loaded_shell, magics_of, make_cluster, pid_alive, wait_for
-from gpucell.broker.embedded import start_embedded_broker
+from gpucell.client.embedded import start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, CellReport, Session
 

@@ -240,7 +240,7 @@ def test_metrics_endpoint_counts_cells(tmp_path: Path) -> None:
 
 
 def test_broker_dies_workers_follow(tmp_path: Path) -> None:
-    from gpucell.broker.embedded import start_embedded_broker
+    from gpucell.client.embedded import start_embedded_broker
 
     config = tmp_path / "c.toml"
     config.write_text(CPU)

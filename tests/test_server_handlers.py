@@ -15,7 +15,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from tornado.httpclient import HTTPClientError
 
 from conftest import wait_for
-from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
+from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.config import ENV_BROKER, ENV_CONFIG, ENV_TOKEN
 from gpucell.protocol import gpucell_pb2 as pb

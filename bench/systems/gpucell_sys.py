@@ -232,7 +232,7 @@ class GpucellSystem(System):
 
     def m_broker_rss_mb(self) -> Iterator[Sample]:
         """RSS of a broker after many sessions each ran a cell and went idle (their worker released)."""
-        from gpucell.broker.embedded import start_embedded_broker  # only this metric needs them
+        from gpucell.client.embedded import start_embedded_broker  # only this metric needs them
         from gpucell.client import BrokerClient
         from gpucell.client.session import CellOptions, Session
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gpucell.batch.jobs_client import JobsClient
 from gpucell.errors import ConfigError
+from gpucell.process import die_with_parent
 
 
 def _default_output(notebook: str) -> str:
@@ -27,8 +28,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.detach:
         return _submit(args)
     if args.parent_pid:
-        from gpucell.remote_kernel.worker import die_with_parent  # noqa: PLC0415 - only jobs the broker starts
-
         die_with_parent(args.parent_pid)
     from gpucell.batch.runner import RunOptions, run_notebook  # noqa: PLC0415 - nbclient loads only for `run`
 

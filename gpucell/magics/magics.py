@@ -15,7 +15,7 @@ from IPython.display import display, publish_display_data
 from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import Configurable
 
-from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
+from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, Session
 from gpucell import settings as gpucell_settings

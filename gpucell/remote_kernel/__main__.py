@@ -3,8 +3,7 @@
 import argparse
 import secrets
 
-from gpucell import settings
-from gpucell.remote_kernel.worker import Worker, die_with_parent
+from gpucell.remote_kernel.worker import run_worker
 
 
 def main() -> int:
@@ -14,10 +13,8 @@ def main() -> int:
     parser.add_argument("--worker-id")
     parser.add_argument("--parent-pid", type=int, default=0)
     args = parser.parse_args()
-    if args.parent_pid:
-        die_with_parent(args.parent_pid)
     worker_id = args.worker_id or f"{args.hardware.lower()}-{secrets.token_hex(3)}"
-    return Worker(args.broker, args.hardware, worker_id, settings.get("worker_token")).run()
+    return run_worker(args.broker, args.hardware, worker_id, args.parent_pid)
 
 
 if __name__ == "__main__":

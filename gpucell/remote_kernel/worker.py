@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import ctypes
 import functools
 import os
 import platform
@@ -22,6 +21,7 @@ import grpc
 from gpucell import hardware, settings
 from gpucell.namespace import serialize
 from gpucell.namespace.transfer import DataServer, SharedCopy, boot_id
+from gpucell.process import Members, die_with_parent
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
@@ -33,18 +33,6 @@ INLINE_LIMIT = 1 << 20           # larger values travel over the bulk data path
 TRANSFER_TIMEOUT_S = 600.0
 HEARTBEAT_S = 1.0
 _GPU_FIELDS = {"name", "uuid", "memory_total", "memory_used", "utilization", "label"}
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Linux: SIGKILL this process when the broker that started it dies, so no worker is orphaned."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        return
-    if os.getppid() != parent_pid:
-        os._exit(1)  # the parent died before prctl took effect
 
 
 class PrepareError(Exception):
@@ -70,8 +58,10 @@ def versions() -> dict[str, str]:
 class Worker:
     """One worker serves one session at a time; its shell keeps the session's remote namespace."""
 
-    def __init__(self, broker: str, hardware_label: str, worker_id: str, token: str) -> None:
+    def __init__(self, broker: str, hardware_label: str, worker_id: str, token: str, members: Members) -> None:
         self.broker = broker
+        # The processes cells start here: interrupted with the cell, ended with the worker.
+        self.members = members
         self.hardware = hardware_label
         self.worker_id = worker_id
         self.token = token
@@ -179,6 +169,8 @@ class Worker:
         if self.interruptible:
             # Delivered to the main thread: interrupts time.sleep and pure-Python loops alike.
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        # As a local kernel's interrupt reaches its whole process group: pool workers, subprocesses, ...
+        self.members.signal(signal.SIGINT)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self.interruptible:
@@ -220,6 +212,7 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
         finally:
             self._stop.set()
+            self.members.end()  # a released worker leaves nothing behind (the guardian covers a SIGKILL)
 
     def _connection(self, register: pb.WorkerMessage) -> str:
         """One stream to the broker: "shutdown" when told to stop, "lost" when the stream ended."""
@@ -517,3 +510,12 @@ def _rss() -> int:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def run_worker(broker: str, hardware_label: str, worker_id: str, parent_pid: int = 0) -> int:
+    """The one way a worker process starts (`gpucell worker`, `python -m gpucell.remote_kernel`, the fork server)."""
+    if parent_pid:
+        die_with_parent(parent_pid)
+    members = Members()
+    members.guard()  # before any thread starts: it forks
+    return Worker(broker, hardware_label, worker_id, settings.get("worker_token"), members).run()

@@ -7,7 +7,7 @@ import os
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Unicode
 
-from gpucell.broker.embedded import EmbeddedBroker, start_embedded_broker
+from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell import settings
 from gpucell.config import ENV_BROKER, ENV_TOKEN
 from gpucell.server.handlers import HANDLERS, MANAGER_SETTING

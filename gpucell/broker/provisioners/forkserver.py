@@ -21,6 +21,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpucell.process import die_with_parent
+
 log = logging.getLogger("gpucell.broker.forkserver")
 
 # What every worker needs before it can run a cell; importing these is most of a cold start.
@@ -265,8 +267,7 @@ def _child(request_fd: int, template_pid: int, close_fds: list[int]) -> int:
         with contextlib.suppress(OSError):
             os.close(fd)
     os.setsid()
-    from gpucell import settings  # noqa: PLC0415
-    from gpucell.remote_kernel.worker import Worker, die_with_parent  # noqa: PLC0415 - preloaded: a dict lookup
+    from gpucell.remote_kernel.worker import run_worker  # noqa: PLC0415 - preloaded: a dict lookup
 
     # Our parent is the template, which itself dies with the broker: the chain leaves no orphan.
     die_with_parent(template_pid)
@@ -288,7 +289,7 @@ def _child(request_fd: int, template_pid: int, close_fds: list[int]) -> int:
         numpy.random.seed()  # a fresh process would seed from the OS; every fork must not share a stream
     argv = request["argv"]
     sys.argv = ["gpucell-worker", "--hardware", argv["hardware"], "--worker-id", argv["worker_id"]]
-    return Worker(argv["broker"], argv["hardware"], argv["worker_id"], settings.get("worker_token")).run()
+    return run_worker(argv["broker"], argv["hardware"], argv["worker_id"])
 
 
 @dataclass
@@ -369,8 +370,6 @@ def _shutdown(children: dict[int, str], spare: Spare | None, grace_s: float = 2.
 
 def serve(fd: int, parent_pid: int, preload: list[str]) -> int:
     """The template's loop: preload, say ready, then hand out forked workers and report exits until the broker leaves."""
-    from gpucell.remote_kernel.worker import die_with_parent  # noqa: PLC0415
-
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the broker's terminal is not for us
     loaded, missing = _preload(list(dict.fromkeys([*BASE_PRELOAD, *preload])))

@@ -60,7 +60,10 @@ def start_embedded_broker(config_path: str | None = None, timeout: float = 30.0)
         process = subprocess.Popen(
             [sys.executable, "-m", "gpucell.broker", "--embedded", "--parent-pid", str(os.getpid()),
              "--state-dir", log_dir],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
+            # Its own session: a kernel interrupted by jupyter_client gets SIGINT sent to its whole process
+            # group, which must reach the cell (through gpucell's cancel), not the broker and its workers.
+            # It still dies with the kernel: stdin EOF, and PR_SET_PDEATHSIG through --parent-pid.
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     line = b""
