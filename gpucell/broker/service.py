@@ -22,6 +22,7 @@ from gpucell.broker.runs import CellRun, LaunchRecord, WorkerConn
 from gpucell.broker.status import status_response
 from gpucell.config import ENV_TLS_CA, BrokerConfig
 from gpucell.hardware import KNOWN_LABELS
+from gpucell.protocol import PROTOCOL_VERSION
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.reasons import parsed, reason_metadata, shown
@@ -277,6 +278,13 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                         "a worker must register first").send(context)
             return
         reg = first.register
+        if reg.protocol_version != PROTOCOL_VERSION:
+            log.warning("refused worker %s: protocol %d", reg.worker_id, reg.protocol_version)
+            await Abort(grpc.StatusCode.FAILED_PRECONDITION, pb.REASON_PROTOCOL_MISMATCH,
+                        f"worker {reg.worker_id} speaks gpucell protocol {reg.protocol_version or 'from before versions'}"
+                        f", this broker speaks {PROTOCOL_VERSION}: install the same gpucell release on the worker "
+                        "and the broker").send(context)
+            return
         conn = WorkerConn(reg.worker_id, reg.hardware, reg.pid, reg.node, dict(reg.versions),
                           lane_address=reg.lane_address, lane_ticket=reg.lane_ticket)
         self.conns[reg.worker_id] = conn

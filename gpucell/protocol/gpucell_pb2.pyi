@@ -19,6 +19,7 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_NOT_OWNER: _ClassVar[Reason]
     REASON_NO_JOB: _ClassVar[Reason]
     REASON_JOB_NOT_READY: _ClassVar[Reason]
+    REASON_PROTOCOL_MISMATCH: _ClassVar[Reason]
 REASON_UNSPECIFIED: Reason
 REASON_BAD_TOKEN: Reason
 REASON_UNKNOWN_HARDWARE: Reason
@@ -29,6 +30,7 @@ REASON_CELL_GONE: Reason
 REASON_NOT_OWNER: Reason
 REASON_NO_JOB: Reason
 REASON_JOB_NOT_READY: Reason
+REASON_PROTOCOL_MISMATCH: Reason
 
 class Blob(_message.Message):
     __slots__ = ("hash", "data", "buffers")
@@ -483,7 +485,7 @@ class GpuInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_total: _Optional[int] = ..., memory_used: _Optional[int] = ..., utilization: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
 
 class WorkerRegister(_message.Message):
-    __slots__ = ("worker_id", "hardware", "pid", "node", "versions", "gpus", "lane_address", "lane_ticket")
+    __slots__ = ("worker_id", "hardware", "pid", "node", "versions", "gpus", "lane_address", "lane_ticket", "protocol_version")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -499,6 +501,7 @@ class WorkerRegister(_message.Message):
     GPUS_FIELD_NUMBER: _ClassVar[int]
     LANE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LANE_TICKET_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hardware: str
     pid: int
@@ -507,7 +510,8 @@ class WorkerRegister(_message.Message):
     gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
     lane_address: str
     lane_ticket: str
-    def __init__(self, worker_id: _Optional[str] = ..., hardware: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., lane_address: _Optional[str] = ..., lane_ticket: _Optional[str] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, worker_id: _Optional[str] = ..., hardware: _Optional[str] = ..., pid: _Optional[int] = ..., node: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., lane_address: _Optional[str] = ..., lane_ticket: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class WorkerHeartbeat(_message.Message):
     __slots__ = ("gpus", "rss")

@@ -22,6 +22,7 @@ from gpucell import hardware, settings
 from gpucell.namespace import serialize
 from gpucell.namespace.transfer import DataServer, SharedCopy, boot_id
 from gpucell.process import Members, die_with_parent
+from gpucell.protocol import PROTOCOL_VERSION
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
@@ -144,8 +145,11 @@ class Worker:
                 else:
                     inbox.put(instruction)
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                self._refused = True  # a wrong token does not get better by retrying
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                              grpc.StatusCode.FAILED_PRECONDITION):
+                # A wrong token, or another protocol version, does not get better by retrying.
+                self._refused = True
+                print(f"gpucell worker refused by the broker: {exc.details()}", file=sys.__stderr__, flush=True)
         finally:
             inbox.put(None)
 
@@ -190,7 +194,7 @@ class Worker:
         register = pb.WorkerMessage(register=pb.WorkerRegister(
             worker_id=self.worker_id, hardware=self.hardware, pid=os.getpid(),
             node=self.node, versions=versions(), gpus=gpus, lane_address=self.lane.address,
-            lane_ticket=self.lane.ticket))
+            lane_ticket=self.lane.ticket, protocol_version=PROTOCOL_VERSION))
         threading.Thread(target=self._heartbeat, daemon=True, name="gpucell-heartbeat").start()
         # A worker that never served a session redials a restarted broker (with backoff, for a while);
         # one that did holds a session's state that no new broker knows, so it ends instead.
