@@ -18,7 +18,7 @@ import cloudpickle
 from gpucell.client.broker_client import BrokerClient
 from gpucell.client.fanout_queue import (LOST_RETRIES, RECONNECT_WINDOW_S, Batch, FanoutQueue, Read, Wait,
                                          retry_delay)
-from gpucell.client.fanout_runner import NO_TASK, CellBody, Task
+from gpucell.namespace.fanout_runner import NO_TASK, CellBody, Task
 from gpucell.client.session import CellOptions, OutputSink, Session
 from gpucell.errors import (BrokerError, BrokerUnavailableError, CellGoneError, GpucellError, RemoteError,
                             SerializationError, WorkerLostError)
@@ -29,7 +29,7 @@ DEPTH = 2                        # cells in flight per slot: the next batch wait
 CELL_TIMEOUT_SLACK_S = 60.0
 
 SETUP_SOURCE = "_gpucell_fn = _gpucell_task\n"
-BATCH_SOURCE = ("from gpucell.client.fanout_runner import run_batch as _gpucell_run\n"
+BATCH_SOURCE = ("from gpucell.namespace.fanout_runner import run_batch as _gpucell_run\n"
                 "_gpucell_out = _gpucell_run(globals().get('_gpucell_fn'), _gpucell_items)\n")
 _SETUP_SKIP = {"_gpucell_fn"}
 _BATCH_SKIP = {"_gpucell_fn", "_gpucell_run"}

@@ -10,7 +10,7 @@ from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from gpucell.api import make_fanout
-from gpucell.client.fanout_runner import CellBody
+from gpucell.namespace.fanout_runner import CellBody
 from gpucell.errors import ConfigError, RemoteError, SerializationError
 from gpucell.magics.magics import GPUCellMagics
 from gpucell.namespace import serialize
