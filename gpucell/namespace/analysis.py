@@ -752,9 +752,9 @@ class _Walker:
     def _defaults(self, args: ast.arguments) -> None:
         for default in args.defaults:
             self.expr(default)
-        for default in args.kw_defaults:
-            if default is not None:
-                self.expr(default)
+        for kw_default in args.kw_defaults:
+            if kw_default is not None:
+                self.expr(kw_default)
 
     # ---- targets
 

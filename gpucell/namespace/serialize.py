@@ -85,7 +85,7 @@ def _reduce_tensor(torch: Any, tensor: Any) -> tuple[Any, tuple[Any, ...]] | Non
     return _tensor, (array, tensor.requires_grad)
 
 
-class _Pickler(cloudpickle.CloudPickler):
+class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]  # cloudpickle ships no types
     def reducer_override(self, obj: Any) -> Any:
         torch = sys.modules.get("torch")  # a value can only be a tensor once torch is imported
         if torch is not None and type(obj) is torch.Tensor:

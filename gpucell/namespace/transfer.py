@@ -115,7 +115,7 @@ def send_frames(sock: socket.socket, values: Iterable[Packed]) -> int:
 def recv_frames(sock: socket.socket, max_bytes: int = 0) -> list[Frame]:
     """(hash, type_name, pickle, buffers) for each frame until the end marker; a frame over max_bytes
     is refused before anything is allocated for it."""
-    out = []
+    out: list[Frame] = []
     while True:
         (size,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
         if size == 0:
@@ -161,7 +161,8 @@ def _memfds_of(packed: Packed) -> tuple[list[int], dict[str, Any]]:
     head = _head(packed)
     offsets, length = _layout(head["sizes"])
     pieces = _pieces(length)
-    parts = [(o, memoryview(p).cast("B")) for o, p in zip(offsets, [packed.header, *packed.buffers])]
+    blobs: list[bytes | memoryview] = [packed.header, *packed.buffers]
+    parts = [(o, memoryview(p).cast("B")) for o, p in zip(offsets, blobs)]
     fds: list[int] = []
     try:
         for size in pieces:
@@ -270,7 +271,7 @@ def _libc_mmap() -> Any:
     return fn
 
 
-_MMAP = _libc_mmap() if SHM_SUPPORTED else None
+_MMAP: Any = _libc_mmap() if SHM_SUPPORTED else None
 
 
 def _map_frame(head: dict[str, Any], fds: list[int], max_bytes: int) -> Frame:
@@ -308,7 +309,7 @@ def _map_frame(head: dict[str, Any], fds: list[int], max_bytes: int) -> Frame:
 
 
 def recv_fd_frames(sock: socket.socket, max_bytes: int = 0) -> list[Frame]:
-    out = []
+    out: list[Frame] = []
     while True:
         fds: list[int] = []
         try:
