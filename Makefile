@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install chromium clean bench
+.PHONY: demo test lint install chromium clean bench
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -24,7 +24,16 @@ chromium:
 demo: install
 	$(PY) -m gpucell.cli run notebooks/quickstart.ipynb -o $${TMPDIR:-/tmp}/gpucell-quickstart.out.ipynb
 
-test: install chromium
+# ruff, mypy (scope and strictness in pyproject), the import layering contracts, eslint + prettier.
+lint: install
+	$(VENV)/bin/ruff check gpucell tests bench scripts
+	$(VENV)/bin/mypy
+	@if [ -f .importlinter ]; then echo "$(VENV)/bin/lint-imports"; $(VENV)/bin/lint-imports; \
+	 else echo "lint-imports: no .importlinter yet, skipped"; fi
+	@[ -x node_modules/.bin/eslint ] || npm install --no-audit --no-fund
+	npm run lint
+
+test: install chromium lint
 	$(PY) scripts/gen_protocol.py --check
 	$(PY) scripts/gen_settings_doc.py --check
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -158,7 +158,10 @@ export interface IBatchOptions {
 }
 
 /** The notebook a command invocation means: the explicit path, the file browser's selection, or the current notebook. */
-function targetPath(options: IBatchOptions, args: { path?: unknown; fromBrowser?: unknown }): string {
+function targetPath(
+  options: IBatchOptions,
+  args: { path?: unknown; fromBrowser?: unknown }
+): string {
   if (typeof args.path === 'string' && args.path) {
     return args.path;
   }
@@ -180,7 +183,8 @@ function targetPath(options: IBatchOptions, args: { path?: unknown; fromBrowser?
 export function registerBatchCommand(app: JupyterFrontEnd, options: IBatchOptions): void {
   app.commands.addCommand(RUN_BATCH_COMMAND, {
     label: 'Run notebook as batch job',
-    caption: 'Run the saved notebook on the gpucell broker as a detached job (gpucell run --detach)',
+    caption:
+      'Run the saved notebook on the gpucell broker as a detached job (gpucell run --detach)',
     icon: options.icon,
     isEnabled: args => targetPath(options, args) !== '',
     execute: async args => {

@@ -19,20 +19,14 @@ export class GpuCellAPIError extends Error {
 }
 
 /** Call `/gpucell/<endPoint>` and return its JSON, or throw GpuCellAPIError with the server's message. */
-export async function requestAPI<T>(
-  endPoint: string,
-  init: RequestInit = {}
-): Promise<T> {
+export async function requestAPI<T>(endPoint: string, init: RequestInit = {}): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'gpucell', endPoint);
   let response: Response;
   try {
     response = await ServerConnection.makeRequest(url, init, settings);
   } catch (error) {
-    throw new GpuCellAPIError(
-      `Jupyter server unreachable: ${String(error)}`,
-      0
-    );
+    throw new GpuCellAPIError(`Jupyter server unreachable: ${String(error)}`, 0);
   }
   const text = await response.text();
   let body: unknown = null;

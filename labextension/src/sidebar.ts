@@ -8,13 +8,7 @@ import { JobList } from './batch';
 import { GpuCellAPIError, requestAPI } from './handler';
 import { KernelDefaultBridge } from './kernel';
 import { ICatalog, IJobList, IReleaseResult, IStatus } from './types';
-import {
-  BrokerBanner,
-  HardwarePicker,
-  QueueList,
-  UsageView,
-  WorkerList
-} from './widgets';
+import { BrokerBanner, HardwarePicker, QueueList, UsageView, WorkerList } from './widgets';
 
 /** Where the pick survives page reloads; per browser, so a workspace reset does not forget it. */
 export const PICK_STORAGE_KEY = 'gpucell:hardware';
@@ -35,7 +29,14 @@ export class GpuCellSidebar extends Panel {
     this._queues = new QueueList();
     this._usage = new UsageView();
     this._jobs = new JobList();
-    for (const part of [this._banner, this._picker, this._workers, this._queues, this._usage, this._jobs]) {
+    for (const part of [
+      this._banner,
+      this._picker,
+      this._workers,
+      this._queues,
+      this._usage,
+      this._jobs
+    ]) {
       this.addWidget(part);
     }
 
@@ -134,9 +135,7 @@ export class GpuCellSidebar extends Panel {
       this.toggleClass('jp-mod-unreachable', false);
     } catch (error) {
       const message =
-        error instanceof GpuCellAPIError
-          ? error.message
-          : `gpucell: ${String(error)}`;
+        error instanceof GpuCellAPIError ? error.message : `gpucell: ${String(error)}`;
       this._banner.showUnreachable(message);
       this.toggleClass('jp-mod-unreachable', true);
       // Rethrow so that Poll backs off instead of hammering a dead broker.

@@ -163,7 +163,12 @@ export class WorkerList extends Section {
       return;
     }
     for (const worker of workers) {
-      const row = el('div', `jp-GpuCell-worker jp-mod-${worker.state}`, undefined, 'gpucell-worker');
+      const row = el(
+        'div',
+        `jp-GpuCell-worker jp-mod-${worker.state}`,
+        undefined,
+        'gpucell-worker'
+      );
       row.dataset.workerId = worker.id;
       row.dataset.state = worker.state;
       row.dataset.hardware = worker.hardware;
@@ -172,7 +177,12 @@ export class WorkerList extends Section {
         el('span', 'jp-GpuCell-workerLabel', worker.hardware, 'gpucell-worker-label'),
         el('span', `jp-GpuCell-state jp-mod-${worker.state}`, worker.state, 'gpucell-worker-state')
       );
-      const release = el('button', 'jp-GpuCell-release jp-mod-styled', 'Release', 'gpucell-release');
+      const release = el(
+        'button',
+        'jp-GpuCell-release jp-mod-styled',
+        'Release',
+        'gpucell-release'
+      );
       release.title = `Release worker ${worker.id} now`;
       release.disabled = worker.state === 'releasing';
       release.addEventListener('click', () => {
@@ -180,7 +190,8 @@ export class WorkerList extends Section {
         this._releaseRequested.emit(worker.id);
       });
       head.appendChild(release);
-      const notebook = worker.session_name || (worker.session ? worker.session : 'warm, unassigned');
+      const notebook =
+        worker.session_name || (worker.session ? worker.session : 'warm, unassigned');
       const detail = el('div', 'jp-GpuCell-workerDetail');
       detail.append(
         el('span', 'jp-GpuCell-notebook', notebook, 'gpucell-worker-notebook'),
