@@ -10,9 +10,10 @@ import sys
 
 from gpucell import settings
 from gpucell.batch.commands import add_batch_commands
-from gpucell.config import ENV_TOKEN, load_config
+from gpucell.broker.config import load_config
 from gpucell.errors import GpucellError
 from gpucell.process import die_with_parent
+from gpucell.settings import ENV_TOKEN
 
 
 def _broker(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """The one settings table: every gpucell setting with its default, type, meaning, who reads it and where it is set.
 
 * A `[broker]` setting is a key of the TOML file named by GPUCELL_CONFIG, overridden by its GPUCELL_<NAME>
-  variable (`gpucell.config.load_config`); `BrokerConfig` takes its fields' defaults from here.
+  variable (`gpucell.broker.config.load_config`); `BrokerConfig` takes its fields' defaults from here.
 * A `[pools.LABEL]` setting is a key of one pool's table in that file; `PoolConfig` takes its defaults from here.
 * An environment setting is only a GPUCELL_<NAME> variable.
 

@@ -17,7 +17,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from gpucell.broker.server import BrokerThread
 from gpucell.client import BrokerClient
-from gpucell.config import load_config
+from gpucell.broker.config import load_config
 
 DEFAULT_POOLS = """
 [pools.cpu]

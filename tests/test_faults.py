@@ -18,7 +18,7 @@ import pytest
 from conftest import Cluster, RecordingSink, pid_alive, wait_for
 from gpucell.api import make_fanout
 from gpucell.client import BrokerClient
-from gpucell.config import ENV_CONFIG, ENV_TOKEN, ENV_WORKER_TOKEN
+from gpucell.settings import ENV_CONFIG, ENV_TOKEN, ENV_WORKER_TOKEN
 from gpucell.client.session import CellOptions, Session
 from gpucell.errors import GpucellError, RemoteError
 

@@ -26,7 +26,7 @@ from conftest import Cluster, RecordingSink, loaded_shell, make_cluster, pid_ali
 from gpucell.broker.provisioners import load_provisioner  # noqa: E402
 from gpucell.broker.provisioners.ray import ACCELERATOR_SHARE, RayProvisioner, placement  # noqa: E402
 from gpucell.client.session import CellOptions, Session  # noqa: E402
-from gpucell.config import PoolConfig  # noqa: E402
+from gpucell.broker.config import PoolConfig  # noqa: E402
 from gpucell.errors import WorkerLostError  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from conftest import Cluster, RecordingSink, make_cluster, pid_alive, wait_for
 from gpucell.broker.server import BrokerThread
 from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, Session
-from gpucell.config import load_config
+from gpucell.broker.config import load_config
 from gpucell.errors import (AuthenticationError, BrokerUnavailableError, ConfigError, SerializationError,
                             WorkerLostError)
 from gpucell.protocol import gpucell_pb2 as pb

@@ -17,7 +17,7 @@ from tornado.httpclient import HTTPClientError
 from conftest import wait_for
 from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
-from gpucell.config import ENV_BROKER, ENV_CONFIG, ENV_TOKEN
+from gpucell.settings import ENV_BROKER, ENV_CONFIG, ENV_TOKEN
 from gpucell.protocol import gpucell_pb2 as pb
 
 # pytest-jupyter's fixtures, imported here rather than registered as a plugin in conftest: its plugin

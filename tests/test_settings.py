@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gpucell import settings
-from gpucell.config import BrokerConfig, PoolConfig, load_config
+from gpucell.broker.config import BrokerConfig, PoolConfig, load_config
 from gpucell.errors import ConfigError
 from gpucell.namespace import transfer
 
@@ -154,7 +154,7 @@ def test_docs_page_is_made_from_the_table() -> None:
 
 
 def test_the_table_imports_nothing_heavy() -> None:
-    code = ("import sys, gpucell.settings; heavy = {'grpc', 'pynvml', 'gpucell.hardware', 'gpucell.config'} "
+    code = ("import sys, gpucell.settings; heavy = {'grpc', 'pynvml', 'gpucell.hardware', 'gpucell.broker.config'} "
             "& set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import wait_for
 from gpucell.batch.jobs_client import JobsClient
 from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
-from gpucell.config import ENV_BROKER, ENV_CONFIG, ENV_TOKEN
+from gpucell.settings import ENV_BROKER, ENV_CONFIG, ENV_TOKEN
 
 pytestmark = pytest.mark.slow
 

@@ -35,7 +35,7 @@ def ray_cold_starts(n: int) -> list[float]:
     from gpucell.broker.server import BrokerThread  # noqa: PLC0415
     from gpucell.client import BrokerClient  # noqa: PLC0415
     from gpucell.client.session import CellOptions, Session  # noqa: PLC0415
-    from gpucell.config import load_config  # noqa: PLC0415
+    from gpucell.broker.config import load_config  # noqa: PLC0415
 
     cluster = ray.cluster_utils.Cluster(initialize_head=True,
                                         head_node_args={"num_cpus": 1, "include_dashboard": False})

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from gpucell.config import ENV_BROKER, ENV_TOKEN
+from gpucell.settings import ENV_BROKER, ENV_TOKEN
 
 JOURNAL = "journal.sqlite"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})

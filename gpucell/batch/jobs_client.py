@@ -10,12 +10,12 @@ import grpc
 from gpucell.client.broker_client import UNARY_TIMEOUT_S
 from gpucell.client.errors_table import translate
 from gpucell import settings
-from gpucell.config import ENV_BROKER
 from gpucell.errors import BrokerUnavailableError, ConfigError
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
 from gpucell.protocol.reasons import shown
+from gpucell.settings import ENV_BROKER
 
 
 def job_to_json(job: pb.JobInfo) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from grpc import aio
 
 from gpucell.broker.jobs_service import JobsService
 from gpucell.broker.service import BrokerService
-from gpucell.config import BrokerConfig
+from gpucell.broker.config import BrokerConfig
 from gpucell.errors import ConfigError
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 

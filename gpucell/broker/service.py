@@ -20,12 +20,13 @@ from gpucell.broker.metrics import BrokerMetrics
 from gpucell.broker.provisioners import LaunchSpec, Provisioner, load_provisioner
 from gpucell.broker.runs import CellRun, LaunchRecord, WorkerConn
 from gpucell.broker.status import status_response
-from gpucell.config import ENV_TLS_CA, BrokerConfig
+from gpucell.broker.config import BrokerConfig
 from gpucell.hardware import KNOWN_LABELS
 from gpucell.protocol import PROTOCOL_VERSION
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.reasons import parsed, reason_metadata, shown
+from gpucell.settings import ENV_TLS_CA
 
 log = logging.getLogger("gpucell.broker")
 

@@ -6,8 +6,8 @@ import time
 from collections.abc import Mapping
 
 from gpucell.broker import scheduler as sch
+from gpucell.broker.config import BrokerConfig
 from gpucell.broker.runs import WorkerConn
-from gpucell.config import BrokerConfig
 from gpucell.protocol import gpucell_pb2 as pb
 
 

@@ -10,12 +10,12 @@ import grpc
 
 from gpucell.client.errors_table import translate
 from gpucell import settings
-from gpucell.config import ENV_BROKER, ENV_TOKEN
 from gpucell.errors import BrokerUnavailableError, ConfigError
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol.channels import open_channel
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.reasons import shown
+from gpucell.settings import ENV_BROKER
 
 UNARY_TIMEOUT_S = 10.0
 # A dropped cell stream is re-attached for this long (the broker keeps the cell for reattach_grace_s).

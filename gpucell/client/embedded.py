@@ -11,8 +11,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from gpucell.config import ENV_CONFIG, ENV_TOKEN
 from gpucell.errors import BrokerUnavailableError
+from gpucell.settings import ENV_CONFIG, ENV_TOKEN
 
 READY_PREFIX = "gpucell broker listening on "
 

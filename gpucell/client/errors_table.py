@@ -12,12 +12,12 @@ from typing import Any
 
 import grpc
 
-from gpucell.config import ENV_BROKER, ENV_TOKEN
 from gpucell.errors import (AuthenticationError, BrokerError, BrokerUnavailableError, CellGoneError,
                             CellTimeoutError, ConfigError, GpucellError, NotFoundError, UnknownHardwareError,
                             WorkerLostError)
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol.reasons import reason_of
+from gpucell.settings import ENV_BROKER, ENV_TOKEN
 
 Code = grpc.StatusCode
 ANY = -1   # a row's reason that matches whatever the broker named (or nothing)

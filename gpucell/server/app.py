@@ -9,7 +9,7 @@ from traitlets import Unicode
 
 from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell import settings
-from gpucell.config import ENV_BROKER, ENV_TOKEN
+from gpucell.settings import ENV_BROKER, ENV_TOKEN
 from gpucell.server.handlers import HANDLERS, MANAGER_SETTING
 from gpucell.server.manager import GpuCellManager
 

@@ -6,7 +6,7 @@ import abc
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
-from gpucell.config import BrokerConfig, PoolConfig
+from gpucell.broker.config import BrokerConfig, PoolConfig
 from gpucell.errors import ConfigError
 
 ENTRY_POINT_GROUP = "gpucell.provisioners"

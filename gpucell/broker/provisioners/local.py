@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 from gpucell import settings
+from gpucell.broker.config import BrokerConfig
 from gpucell.broker.provisioners import LaunchSpec, Provisioner
 from gpucell.broker.provisioners.forkserver import ForkServer
-from gpucell.config import ENV_TOKEN, ENV_WORKER_TOKEN, BrokerConfig
 from gpucell.hardware import GpuAllocator, cuda_visible_devices, nvml_inventory
+from gpucell.settings import ENV_TOKEN, ENV_WORKER_TOKEN
 
 log = logging.getLogger("gpucell.broker.local")
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpucell import settings
+from gpucell.broker.config import PoolConfig
 from gpucell.broker.provisioners import LaunchSpec, Provisioner
-from gpucell.config import ENV_TOKEN, ENV_WORKER_TOKEN, PoolConfig
 from gpucell.errors import ConfigError
 from gpucell.hardware import parse_spec
+from gpucell.settings import ENV_TOKEN, ENV_WORKER_TOKEN
 
 try:
     import ray

@@ -16,10 +16,9 @@ else:  # pragma: no cover - Python 3.10
 from gpucell import settings
 from gpucell.errors import ConfigError
 from gpucell.hardware import local_labels, nvml_inventory
-from gpucell.settings import ENV_BROKER, ENV_CONFIG, ENV_TLS_CA, ENV_TOKEN, ENV_WORKER_TOKEN, SETTINGS
+from gpucell.settings import ENV_CONFIG
 
-__all__ = ["ENV_BROKER", "ENV_CONFIG", "ENV_TLS_CA", "ENV_TOKEN", "ENV_WORKER_TOKEN", "SETTINGS", "BrokerConfig",
-           "PoolConfig", "default_cpu_pool", "load_config", "parse_pool"]
+__all__ = ["BrokerConfig", "PoolConfig", "default_cpu_pool", "load_config", "parse_pool"]
 
 
 @dataclass
