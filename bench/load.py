@@ -18,6 +18,7 @@ from typing import Any
 from gpucell.client.embedded import start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, Session
+from gpucell.client.sink import Sink
 
 LOAD_POOLS = """
 [broker]
@@ -30,7 +31,7 @@ idle_timeout = 2
 """
 
 
-class NullSink:
+class NullSink(Sink):
     """Output of load-generating sessions goes nowhere (trivial cells print nothing anyway)."""
 
     def stream(self, name: str, text: str) -> None:

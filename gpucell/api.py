@@ -27,7 +27,8 @@ from typing import Any, Generic, TypeVar
 from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client.broker_client import BrokerClient
 from gpucell.client.fanout import Fanout, FanoutOptions, StreamSink, Task
-from gpucell.client.session import OutputSink, Session
+from gpucell.client.session import Session
+from gpucell.client.sink import Sink
 from gpucell import settings
 from gpucell.errors import ConfigError
 from gpucell.namespace import serialize
@@ -139,7 +140,7 @@ class _NotebookSink(StreamSink):
 
 def make_fanout(fn: Callable[..., Any], mode: str, *, gpu: str | None, workers: int | None, retries: int,
             timeout: float, ordered: bool, return_exceptions: bool, progress: bool | None,
-            client: BrokerClient | None, label_items: bool = True, sink: OutputSink | None = None,
+            client: BrokerClient | None, label_items: bool = True, sink: Sink | None = None,
             description: str = "") -> Fanout:
     if retries < 0:
         raise ConfigError(f"retries={retries}: must be zero or more")

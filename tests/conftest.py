@@ -17,6 +17,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from gpucell.broker.server import BrokerThread
 from gpucell.client import BrokerClient
+from gpucell.client.sink import Sink
 from gpucell.broker.config import load_config
 
 DEFAULT_POOLS = """
@@ -145,7 +146,7 @@ def shell(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Interac
         yield sh
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     """Collects a cell's live output with arrival times (the notebook sink's stand-in in tests)."""
 
     def __init__(self, on_text: Callable[[str], None] | None = None) -> None:

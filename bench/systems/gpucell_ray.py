@@ -7,10 +7,12 @@ import time
 
 from harness import wait_for
 
+from gpucell.client.sink import Sink
+
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
-class _FirstOutput:
+class _FirstOutput(Sink):
     def __init__(self) -> None:
         self.at: float | None = None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import operator
 import pickle
-import sys
 import threading
 import time
 import uuid
@@ -19,7 +18,8 @@ from gpucell.client.broker_client import BrokerClient
 from gpucell.client.fanout_queue import (LOST_RETRIES, RECONNECT_WINDOW_S, Batch, FanoutQueue, Read, Wait,
                                          retry_delay)
 from gpucell.namespace.fanout_runner import NO_TASK, CellBody, Task
-from gpucell.client.session import CellOptions, OutputSink, Session
+from gpucell.client.session import CellOptions, Session
+from gpucell.client.sink import ForwardingSink, Sink, first_phase
 from gpucell.errors import (BrokerError, BrokerUnavailableError, CellGoneError, GpucellError, RemoteError,
                             SerializationError, WorkerLostError)
 
@@ -52,25 +52,16 @@ class FanoutOptions:
     owner: str = ""              # the notebook session the map's workers count against (quotas)
 
 
-class StreamSink:
-    """Item output into this process's stdout/stderr (already prefixed with the item's index)."""
+class StreamSink(Sink):
+    """Item output into this process's stdout/stderr (already prefixed with the item's index); rich output
+    is dropped (the magic passes a sink that shows it)."""
 
     def __init__(self) -> None:
         self.notices: set[str] = set()
 
-    def stream(self, name: str, text: str) -> None:
-        out = sys.stdout if name == "stdout" else sys.stderr
-        out.write(text)
-        out.flush()
-
-    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
-        pass  # rich output of items has no place outside a notebook; the magic passes a sink that shows it
-
     def phase(self, text: str) -> None:
-        if text.startswith("queued:") or text in self.notices:
-            return  # queue positions show in the progress bar; a notice once per map
-        self.notices.add(text)
-        sys.stderr.write(text + "\n")
+        if first_phase(self.notices, text):  # queue positions show in the progress bar; a notice once per map
+            super().phase(text)
 
 
 class _Slot:
@@ -93,13 +84,13 @@ class Fanout:
     """Runs `task` over an iterable; `results()` yields outcomes, in input order unless ordered=False."""
 
     def __init__(self, client: BrokerClient, task: Task, options: FanoutOptions,
-                 sink: OutputSink | None = None) -> None:
+                 sink: Sink | None = None) -> None:
         self.client = client
         self.task = task
         self.options = options
         if not options.owner:
             options.owner = uuid.uuid4().hex  # outside a notebook, a map's workers count together
-        self.sink: OutputSink = sink or StreamSink()
+        self.sink: Sink = sink or StreamSink()
         self._cv = threading.Condition()
         self._slots: list[_Slot] = []
         self._threads: list[threading.Thread] = []
@@ -374,23 +365,17 @@ class Fanout:
             self._cv.notify_all()
 
 
-class _SlotSink:
+class _SlotSink(ForwardingSink):
     """Per-slot view of the sink: notes whether the slot's worker is still queued."""
 
-    def __init__(self, sink: OutputSink, slot: _Slot) -> None:
-        self._sink = sink
+    def __init__(self, sink: Sink, slot: _Slot) -> None:
+        super().__init__(sink)
         self._slot = slot
-
-    def stream(self, name: str, text: str) -> None:
-        self._sink.stream(name, text)
-
-    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
-        self._sink.display(data, metadata, execute_result)
 
     def phase(self, text: str) -> None:
         if text.startswith("queued:"):
             self._slot.queued = True
-        self._sink.phase(text)
+        self.sink.phase(text)
 
 
 def fault_kind(exc: GpucellError) -> str | None:

@@ -18,6 +18,7 @@ from traitlets.config import Configurable
 from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, Session
+from gpucell.client.sink import Sink
 from gpucell import settings as gpucell_settings
 from gpucell.errors import ConfigError, RemoteRefError
 from gpucell.magics.status_view import status_html, status_text
@@ -35,7 +36,7 @@ class GPUCell(Configurable):
     return_limit_mb = Int(256, help="values larger than this stay on the worker as RemoteRefs").tag(config=True)
 
 
-class NotebookSink:
+class NotebookSink(Sink):
     """Live output into the notebook: streams as written, displays as MIME bundles, and in a Jupyter
     kernel one phase line per cell (queued, starting, running on, done in / cost) updated in place."""
 
@@ -59,11 +60,6 @@ class NotebookSink:
         if final:
             self._handle = None
 
-    def stream(self, name: str, text: str) -> None:
-        out = sys.stdout if name == "stdout" else sys.stderr
-        out.write(text)
-        out.flush()
-
     def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
         publish_display_data(data, metadata)
 
@@ -71,8 +67,7 @@ class NotebookSink:
         if self.in_kernel and text.startswith("queued:"):
             self.status(f"gpucell: {text}")
             return
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+        super().phase(text)
 
 
 def _names(value: str, option: str) -> list[str]:
@@ -102,7 +97,7 @@ class GPUCellMagics(Magics):
         self.settings = settings
         self.session = session
         self.broker = broker
-        self.sink: Any = NotebookSink(in_kernel=getattr(shell, "kernel", None) is not None)
+        self.sink: Sink = NotebookSink(in_kernel=getattr(shell, "kernel", None) is not None)
         self.closed = False
         if settings.default_hardware:
             session.default_hardware = settings.default_hardware
@@ -125,9 +120,7 @@ class GPUCellMagics(Magics):
     def gpu(self, line: str, cell: str) -> None:
         """Run this cell on a remote worker, with the variables it reads; what it assigns comes back."""
         options = self.parse_options(line)
-        begin = getattr(self.sink, "begin", None)
-        if begin is not None:
-            begin()
+        self.sink.begin()
         self.session.run_cell(cell, self.shell.user_ns, options, self.sink, skip=self.skip_names(),
                               execution_count=self.shell.execution_count)
 

@@ -11,6 +11,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from gpucell.api import make_fanout
 from gpucell.namespace.fanout_runner import CellBody
+from gpucell.client.sink import ForwardingSink, Sink, first_phase
 from gpucell.errors import ConfigError, RemoteError, SerializationError
 from gpucell.magics.magics import GPUCellMagics
 from gpucell.namespace import serialize
@@ -18,24 +19,16 @@ from gpucell.namespace.analysis import CellSyntaxError, analyze
 from gpucell.namespace.remote_ref import RemoteRef
 
 
-class _OwnerSink:
-    """Item output through the %%gpu magics' sink (the notebook), queue and notice lines once."""
+class _OwnerSink(ForwardingSink):
+    """Item output through the %%gpu magics' sink (the notebook), no queue lines, each notice once."""
 
-    def __init__(self, owner: GPUCellMagics) -> None:
-        self._owner = owner
+    def __init__(self, sink: Sink) -> None:
+        super().__init__(sink)
         self._seen: set[str] = set()
 
-    def stream(self, name: str, text: str) -> None:
-        self._owner.sink.stream(name, text)
-
-    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
-        self._owner.sink.display(data, metadata, execute_result)
-
     def phase(self, text: str) -> None:
-        if text.startswith("queued:") or text in self._seen:
-            return
-        self._seen.add(text)
-        self._owner.sink.phase(text)
+        if first_phase(self._seen, text):
+            self.sink.phase(text)
 
 
 @magics_class
@@ -82,7 +75,7 @@ class GPUMapMagics(Magics):
         try:
             fanout = make_fanout(body, "one", gpu=args.hardware or None, workers=args.workers, retries=args.retries,
                                  timeout=0.0, ordered=True, return_exceptions=False, progress=None,
-                                 client=self.owner.session.client, sink=_OwnerSink(self.owner),
+                                 client=self.owner.session.client, sink=_OwnerSink(self.owner.sink),
                                  description=f"%%gpu_map on {where}")
         except SerializationError:
             for name, value in values.items():   # name the variable that cannot travel
