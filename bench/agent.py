@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     module_name, class_name = SYSTEMS[system_name]
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except Exception as exc:  # e.g. the peer is not installed, or gpucell's foundation is not there yet
+    except Exception as exc:  # noqa: BLE001 - e.g. the peer is not installed, or gpucell's foundation is not there yet
         for m in metrics:
             emit(out, Sample(system_name, m, unsupported=f"cannot import: {describe(exc)}"))
         return 0
@@ -59,13 +59,13 @@ def main(argv: list[str]) -> int:
             try:
                 for sample in system.measure(metric):
                     emit(out, sample)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one broken metric is reported, the rest still run
                 traceback.print_exc(file=sys.stderr)
                 emit(out, Sample(system_name, metric, unsupported=f"failed: {describe(exc)}"))
     finally:
         try:
             system.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a failed close is printed; the samples are already out
             traceback.print_exc(file=sys.stderr)
     return 0
 
@@ -75,6 +75,6 @@ if __name__ == "__main__":
         sys.exit(main(sys.argv[1:]))
     except SystemExit:
         raise
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - anything else means the harness itself is broken
         traceback.print_exc()
         sys.exit(HARNESS_BROKEN)

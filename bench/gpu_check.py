@@ -86,7 +86,7 @@ def step(metric: str, fn: Callable[[], None]) -> bool:
 def gpu_facts() -> dict[str, Any]:
     """Card name, label, UUID and memory of device 0; {} when there is no NVML GPU."""
     try:
-        from gpucell.hardware import nvml_inventory
+        from gpucell.hardware import nvml_inventory  # noqa: PLC0415 - a missing part fails this step only
     except ImportError as exc:
         log(f"gpucell.hardware not importable: {exc}")
         return {}
@@ -99,7 +99,7 @@ def gpu_facts() -> dict[str, Any]:
 
 
 def gpu_memory_used(uuid: str) -> int:
-    from gpucell.hardware import device_stats
+    from gpucell.hardware import device_stats  # noqa: PLC0415
     stats = device_stats([uuid])
     if not stats:
         raise StepFailed("NVML gave no reading for the device")
@@ -124,8 +124,8 @@ class Notebook:
     """A real InteractiveShell with gpucell loaded; runs cells and turns failures into exceptions."""
 
     def __init__(self) -> None:
-        from IPython.core.interactiveshell import InteractiveShell
-        from traitlets.config import Config
+        from IPython.core.interactiveshell import InteractiveShell  # noqa: PLC0415 - imported where used, as above
+        from traitlets.config import Config  # noqa: PLC0415
         config = Config()
         config.HistoryManager.hist_file = ":memory:"  # nothing to keep, and no sqlite clashes between phases
         self.shell: Any = InteractiveShell.instance(config=config)  # IPython's own annotations are partial
@@ -133,7 +133,7 @@ class Notebook:
 
     def run(self, source: str) -> float:
         """Run a cell; return its wall time in seconds; raise if it failed."""
-        from IPython.utils.capture import capture_output
+        from IPython.utils.capture import capture_output  # noqa: PLC0415
         start = time.perf_counter()
         with capture_output() as captured:
             result = self.shell.run_cell(source, store_history=True)
@@ -169,7 +169,7 @@ class Notebook:
 
 
 def is_remote_ref(value: Any) -> bool:
-    import gpucell
+    import gpucell  # noqa: PLC0415
     remote_ref = getattr(gpucell, "RemoteRef", None)
     if isinstance(remote_ref, type):
         return isinstance(value, remote_ref)
@@ -292,7 +292,7 @@ def phase_main(args: argparse.Namespace) -> None:
         raise StepFailed("a cell using a RemoteRef of a released worker succeeded")
 
     def roundtrip() -> None:
-        import numpy as np
+        import numpy as np  # noqa: PLC0415 - only this step needs it
         count = args.array_bytes // 8
         notebook.ns["a"] = np.ones(count, dtype=np.float64)
         walls: list[float] = []
@@ -446,7 +446,7 @@ def driver(args: argparse.Namespace) -> int:
     CONTEXT.update(card=facts["name"], mode="cpu-dry-run" if args.cpu_dry_run else "gpu")
     extra = {}
     try:
-        import torch
+        import torch  # noqa: PLC0415 - optional: reported when present
         extra["torch"] = torch.__version__
     except ImportError:
         extra["torch"] = None

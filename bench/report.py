@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import subprocess
+from pathlib import Path
 from typing import TextIO
 
 from harness import GB, HIGHER_IS_BETTER, LATENCY_METRICS, MAIN_METRICS, Profile, Result
@@ -151,7 +152,7 @@ def markdown(results: list[Result], command: str, profile: Profile, elapsed_s: f
 def write_markdown(results: list[Result], path: str, command: str, profile: Profile, elapsed_s: float) -> None:
     """Replaces the results section of the README (between the markers), keeping the rest."""
     section = f"{BEGIN}\n{markdown(results, command, profile, elapsed_s)}\n{END}"
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    text = Path(path).read_text() if os.path.exists(path) else "# Benchmarks\n\n"
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
     else:

@@ -626,8 +626,8 @@ def _run(code: CodeType, namespace: dict[str, Any]) -> BaseException | None:
     namespace["__builtins__"] = _BUILTINS
     namespace["__name__"] = "__cell__"  # class bodies read it for __module__
     try:
-        exec(code, namespace)
-    except Exception as exc:
+        exec(code, namespace)  # noqa: S102 - the test runs a cell as IPython would
+    except Exception as exc:  # noqa: BLE001 - whatever the cell raised is the result
         return exc
     return None
 

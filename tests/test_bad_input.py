@@ -9,7 +9,14 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from conftest import Cluster
-from gpucell.errors import BrokerUnavailableError, ConfigError, SerializationError, UnknownHardwareError
+from gpucell.client import BrokerClient
+from gpucell.errors import (
+    AuthenticationError,
+    BrokerUnavailableError,
+    ConfigError,
+    SerializationError,
+    UnknownHardwareError,
+)
 
 
 def _no_cells_ran(cluster: Cluster) -> bool:
@@ -88,9 +95,6 @@ def test_closed_port_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_wrong_token_is_a_clear_error(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpucell.client import BrokerClient
-    from gpucell.errors import AuthenticationError
-
     client = BrokerClient(cluster.address, "not-the-token")
     with pytest.raises(AuthenticationError, match="refused the token"):
         client.status()

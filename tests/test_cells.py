@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import _thread
 import json
-import time
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from conftest import Cluster, RecordingSink, magics_of, make_cluster, wait_for
 from gpucell import RemoteError, RemoteRef
 from gpucell.client.session import CellOptions, Session
+from gpucell.errors import CellTimeoutError
 
 
 def run(sh, line: str, cell: str):  # type: ignore[no-untyped-def]
@@ -97,8 +97,6 @@ def test_bang_commands_and_line_magics_work_remotely(shell) -> None:  # type: ig
 
 
 def test_timeout_stops_the_cell(shell) -> None:  # type: ignore[no-untyped-def]
-    from gpucell.errors import CellTimeoutError
-
     with pytest.raises(CellTimeoutError, match="--timeout of 1s"):
         run(shell, "cpu --timeout 1", "import time\ntime.sleep(60)\n")
     run(shell, "cpu", "alive = True\n")

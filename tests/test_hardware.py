@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpucell import hardware
 from gpucell.hardware import (
     CPU_LABEL,
     KNOWN_LABELS,

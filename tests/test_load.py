@@ -14,7 +14,7 @@ import pytest
 from gpucell.client import BrokerClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from load import _proc_status_mb, measure_load  # noqa: E402 - bench/ holds the measuring code
+from load import _proc_status_mb, measure_load
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import magics_of
 from gpucell.namespace import serialize, transfer
+from gpucell.errors import DataPathError
 from gpucell.namespace.transfer import DataServer
 
 needs_shm = pytest.mark.skipif(not transfer.SHM_SUPPORTED, reason="memfd and SCM_RIGHTS are Linux-only")
@@ -234,8 +235,6 @@ def test_a_data_server_that_fails_gives_a_clear_error_and_loses_nothing(shell) -
     """The worker's data server stops answering (here: closed by a cell; in life: a worker on a network this
     kernel cannot reach). Sending fails with one line naming the values and stops the cell on the worker, which
     would otherwise wait for them; fetching fails naming the outputs, and the local namespace is unchanged."""
-    from gpucell.errors import DataPathError
-
     shell.run_cell_magic("gpu", "cpu", CLOSE_DATA_SERVER)
     big = np.arange(1_000_000, dtype=np.float64)  # 8 MB: over the data path
     shell.user_ns["big"] = big

@@ -87,7 +87,7 @@ class GpucellSystem(System):
         self.cell("pass")
 
     def map(self, n: int, slow_s: float) -> int:
-        import gpucell  # the foundation may not be importable yet: then this metric is unsupported
+        import gpucell  # noqa: PLC0415 - the foundation may not be importable yet: then this metric is unsupported
 
         if slow_s:
             self._define(f"def bench_item(x):\n    import time\n    time.sleep({slow_s!r})\n    return x")
@@ -232,9 +232,9 @@ class GpucellSystem(System):
 
     def m_broker_rss_mb(self) -> Iterator[Sample]:
         """RSS of a broker after many sessions each ran a cell and went idle (their worker released)."""
-        from gpucell.client.embedded import start_embedded_broker  # only this metric needs them
-        from gpucell.client import BrokerClient
-        from gpucell.client.session import CellOptions, Session
+        from gpucell.client.embedded import start_embedded_broker  # noqa: PLC0415 - only this metric needs them
+        from gpucell.client import BrokerClient  # noqa: PLC0415
+        from gpucell.client.session import CellOptions, Session  # noqa: PLC0415
 
         config_path = os.path.join(self.tmp, "rss.toml")
         with open(config_path, "w") as f:  # warm workers ready, so that a session costs no cold start

@@ -35,5 +35,5 @@ def stamp_print() -> None:
 
 
 def stamp_print_dask() -> None:
-    from distributed import print as dask_print  # dask forwards this print to the client
+    from distributed import print as dask_print  # noqa: PLC0415 - dask forwards this print to the client
     dask_print(f"{STAMP}{time.time()!r}@@")

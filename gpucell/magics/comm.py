@@ -27,7 +27,7 @@ def handle_message(data: Any, set_default: SetDefault, get_default: GetDefault) 
             return {"ok": False, "action": action, "error": "set_default_hardware needs a non-empty 'hardware' string"}
         try:
             set_default(hardware.strip())
-        except Exception as exc:  # the user sees this in the sidebar, not as a kernel traceback
+        except Exception as exc:  # noqa: BLE001 - the user sees this in the sidebar, not as a kernel traceback
             return {"ok": False, "action": action, "error": f"{type(exc).__name__}: {exc}"}
         return {"ok": True, "action": action, "default_hardware": get_default()}
     if action == "get_default_hardware":

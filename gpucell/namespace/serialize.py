@@ -56,7 +56,7 @@ def _raw(buf: pickle.PickleBuffer) -> memoryview:
 
 def _tensor(array: Any, requires_grad: bool) -> Any:
     """A CPU torch tensor on the received buffer itself (torch.from_numpy shares the memory)."""
-    import torch
+    import torch  # noqa: PLC0415 - runs only for a tensor, so torch is already imported
 
     tensor = torch.from_numpy(array)
     return tensor.requires_grad_() if requires_grad else tensor
