@@ -86,3 +86,27 @@ class Lane:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class Lanes(dict[str, Lane]):
+    """One session's lanes: requested hardware -> the direct lane to its warm worker."""
+
+    def offer(self, hardware: str, started: pb.Started) -> None:
+        """The broker started a cell on a worker that takes lanes: the next warm cell goes there."""
+        self.drop(self.get(hardware))
+        self[hardware] = Lane(started)
+
+    def drop(self, lane: Lane | None) -> None:
+        if lane is None:
+            return
+        lane.close()
+        for key in [k for k, v in self.items() if v is lane]:
+            del self[key]
+
+    def drop_worker(self, worker_id: str) -> None:
+        for gone in [v for v in self.values() if v.worker_id == worker_id]:
+            self.drop(gone)
+
+    def close(self) -> None:
+        for each in list(self.values()):
+            self.drop(each)

@@ -1,0 +1,112 @@
+"""What a cell sends: the namespace, the cell and its options made into one CellExecuteRequest (no I/O)."""
+
+from __future__ import annotations
+
+import platform
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpucell.errors import ConfigError, RemoteRefError, SerializationError
+from gpucell.namespace import serialize
+from gpucell.namespace.analysis import CellNames, CellSyntaxError, analyze
+from gpucell.namespace.remote_ref import RemoteRef
+from gpucell.protocol import gpucell_pb2 as pb
+
+INLINE_LIMIT = 1 << 20   # larger inputs wait until the worker says it lacks them, then go by raw TCP
+_PYTHON = ".".join(platform.python_version().split(".")[:2])
+
+
+@dataclass
+class CellOptions:
+    hardware: str = ""
+    timeout_s: float = 0.0
+    idle_s: float = 0.0
+    fresh: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    pull: list[str] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)
+    retries: int = 0
+    strict: bool = False
+    return_limit: int = 0
+    lane: bool = True    # warm cells may go straight to the worker (a map pipelines through the broker)
+
+
+@dataclass
+class OutgoingCell:
+    """A request ready to send, and the packed inputs the worker may ask for (by hash) that are not inline."""
+
+    request: pb.CellExecuteRequest
+    uploads: dict[str, serialize.Packed]
+
+
+def cell_names(source: str) -> CellNames:
+    """The names the cell reads, binds and deletes; a syntax error as one line, before anything else."""
+    try:
+        return analyze(source)
+    except CellSyntaxError as exc:
+        raise ConfigError(f"syntax error in the cell, {exc}") from None
+
+
+def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], options: CellOptions, skip: set[str],
+                  *, session_id: str, hardware: str, session_name: str = "", owner: str = "", execution_count: int = 0,
+                  max_blob_bytes: int = 0, worker_python: str = "", client_boot_id: str = "",
+                  cell_id: str = "") -> OutgoingCell:
+    """Everything about the values that can go wrong locally goes wrong here, before anything is sent.
+
+    `hardware` is the checked spec; `owner`, on a fan-out slot, the notebook session it works for; `worker_python` the Python version the last worker of that hardware
+    reported ("" when none has yet); `cell_id` defaults to a fresh one."""
+    request = pb.CellExecuteRequest(
+        session_id=session_id, cell_id=cell_id or uuid.uuid4().hex, hardware=hardware, source=source,
+        execution_count=execution_count, session_name=session_name, owner=owner,
+        assigns=[n for n in names.assigns if n not in skip], deletes=list(names.deletes),
+        options=pb.CellOptions(timeout_s=options.timeout_s, idle_s=options.idle_s, fresh=options.fresh,
+                               env=options.env, pull=options.pull, keep=options.keep, retries=options.retries,
+                               strict=options.strict, return_limit=options.return_limit),
+        client_boot_id=client_boot_id)
+    uploads: dict[str, serialize.Packed] = {}
+    inline_bytes = 0  # the request stays small; the rest goes over the data path on demand
+    for name in names.reads:
+        if name in skip or name not in user_ns:
+            continue
+        value = user_ns[name]
+        if isinstance(value, RemoteRef):
+            if value.lost:
+                raise RemoteRefError(value.lost_message())
+            request.refs.append(name)
+            continue
+        statement = serialize.module_import(name, value)
+        if statement is not None:
+            request.imports.append(statement)
+            continue
+        packed = serialize.pack(name, value)
+        if max_blob_bytes and packed.size > max_blob_bytes:
+            raise SerializationError(f"cannot send {name!r} ({packed.type_name}, {packed.size / 1e6:.1f} MB): "
+                                     f"larger than the broker's limit of {max_blob_bytes / 1e6:g} MB "
+                                     "per value (max_blob_mb)")
+        _check_python(name, value, hardware, worker_python)
+        request.inputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
+                                            size=packed.size))
+        if packed.hash in uploads:
+            continue
+        uploads[packed.hash] = packed
+        if packed.size + inline_bytes <= INLINE_LIMIT:
+            inline_bytes += packed.size
+            request.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
+                                         buffers=[bytes(b) for b in packed.buffers]))
+    return OutgoingCell(request, uploads)
+
+
+def _check_python(name: str, value: Any, hardware: str, worker_python: str) -> None:
+    """A function pickled by value only loads on the same Python minor version: say so before sending."""
+    if not worker_python or not callable(value) or getattr(value, "__module__", None) not in ("__main__", None):
+        return
+    theirs = ".".join(worker_python.split(".")[:2])
+    if _PYTHON != theirs:
+        raise SerializationError(f"cannot send {name!r} (a function defined in this notebook): this kernel runs "
+                                 f"Python {_PYTHON} but the {hardware or 'default'} worker runs Python {theirs}; "
+                                 "by-value functions need the same minor version")
+
+
+__all__ = ["INLINE_LIMIT", "CellOptions", "OutgoingCell", "build_request", "cell_names"]
