@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from conftest import Cluster
-from gpucell.batch.jobs import TERMINAL
+from gpucell.broker.jobs import TERMINAL
 from gpucell.batch.jobs_client import JobsClient
 from gpucell.broker.scheduler import WorkerState
 from gpucell.client import BrokerClient

@@ -1,4 +1,4 @@
-"""The broker's `Jobs` gRPC service: thin translation between RPCs and the batch JobManager."""
+"""The broker's `Jobs` gRPC service: thin translation between RPCs and the JobManager."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc import aio
 
-from gpucell.batch.jobs import Job, JobManager, JobRequest
+from gpucell.broker.jobs import Job, JobManager, JobRequest
 from gpucell.broker.service import Abort, BrokerService
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
@@ -27,7 +27,7 @@ class JobsService(pb_grpc.JobsServicer):
 
     def __init__(self, broker: BrokerService) -> None:
         self.broker = broker
-        self.manager = JobManager(broker.log_dir, lambda: broker.address, broker.client_token, self._cost_of)
+        self.manager = JobManager(broker.log_dir, broker.journal, lambda: broker.address, broker.client_token, self._cost_of)
 
     def _cost_of(self, session_name: str) -> float:
         return sum(u.cost for u in self.broker.status().usage if u.session_name == session_name)

@@ -1,10 +1,13 @@
-"""The broker's SQLite journal of sessions and usage, so a restart loses no usage record."""
+"""The broker's one SQLite journal: sessions, usage and batch jobs, so a restart loses no usage record and still lists
+its jobs."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -18,11 +21,21 @@ CREATE TABLE IF NOT EXISTS usage (
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, notebook TEXT, state TEXT, hardware TEXT, submitted REAL, started REAL,
+    finished REAL, cost REAL, error TEXT, dir TEXT, pid INTEGER, session_name TEXT);
 """
+# The jobs table's columns, in the order of gpucell.broker.jobs.Job's fields.
+JOB_COLUMNS = ("id", "notebook", "state", "hardware", "submitted", "started", "finished", "cost", "error", "dir", "pid",
+               "session_name")
 
 
 class Journal:
-    """Small synchronous writes (WAL, no fsync per row): cheap enough for the broker's event loop."""
+    """Small synchronous writes (WAL, no fsync per row): cheap enough for the broker's event loop.
+
+    Sessions and usage go through one connection on the loop's thread; the job methods are blocking and open their
+    own connection, so JobManager calls them through a thread and the loop never waits on disk.
+    """
 
     def __init__(self, path: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +70,28 @@ class Journal:
 
     def session_names(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT id, name FROM sessions"))
+
+    def _connect(self) -> sqlite3.Connection:
+        # The loop's connection may hold the file: wait for its locks rather than fail.
+        return sqlite3.connect(self.path, timeout=30)
+
+    def put_job(self, row: Sequence[Any]) -> None:
+        """Insert or replace one job: its values in JOB_COLUMNS order."""
+        with self._connect() as db:
+            db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) "
+                       f"VALUES ({', '.join('?' * len(JOB_COLUMNS))})", list(row))
+
+    def jobs(self) -> list[tuple[Any, ...]]:
+        """Every job, oldest first, as rows in JOB_COLUMNS order."""
+        with self._connect() as db:
+            return db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY submitted").fetchall()
+
+    def mark_jobs_interrupted(self, now: float) -> None:
+        """Jobs the previous broker was running died with it (their runner dies with its broker)."""
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET state = 'interrupted', finished = ?, "
+                       "error = 'the broker stopped while the job ran; gpucell fetch it and gpucell run --resume it' "
+                       "WHERE state NOT IN ('succeeded', 'failed', 'cancelled', 'interrupted')", (now,))
 
     def close(self) -> None:
         self._db.close()

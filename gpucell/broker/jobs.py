@@ -1,4 +1,4 @@
-"""The broker's batch jobs: a `gpucell run` subprocess per job, journaled in SQLite so a restart still lists them."""
+"""The broker's batch jobs: a `gpucell run` subprocess per job, kept in the broker's journal so a restart still lists them."""
 
 from __future__ import annotations
 
@@ -8,31 +8,24 @@ import json
 import os
 import secrets
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from gpucell.broker.journal import JOB_COLUMNS, Journal
 from gpucell.settings import ENV_BROKER, ENV_TOKEN
 
-JOURNAL = "journal.sqlite"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 CANCEL_GRACE_S = 10.0
 LOG_POLL_S = 0.2
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, notebook TEXT, state TEXT, hardware TEXT, submitted REAL, started REAL,
-    finished REAL, cost REAL, error TEXT, dir TEXT, pid INTEGER, session_name TEXT)
-"""
-
 
 @dataclass
 class Job:
-    """One row of the journal."""
+    """One row of the journal's jobs table (its fields in JOB_COLUMNS order)."""
 
     id: str
     notebook: str
@@ -56,38 +49,7 @@ class Job:
         return Path(self.dir) / "output.ipynb"
 
 
-_COLUMNS = [f.name for f in fields(Job)]
-
-
-class Journal:
-    """Blocking SQLite access; JobManager calls it through a thread so the broker's loop never waits on disk."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        # Other parts of the broker may share the file: wait for their locks rather than fail.
-        return sqlite3.connect(self.path, timeout=30)
-
-    def put(self, job: Job) -> None:
-        with self._connect() as db:
-            db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                       [getattr(job, c) for c in _COLUMNS])
-
-    def all(self) -> list[Job]:
-        with self._connect() as db:
-            rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY submitted").fetchall()
-        return [Job(*row) for row in rows]
-
-    def mark_interrupted(self, now: float) -> None:
-        """Jobs the previous broker was running died with it (their runner dies with its broker)."""
-        with self._connect() as db:
-            db.execute("UPDATE jobs SET state = 'interrupted', finished = ?, "
-                       "error = 'the broker stopped while the job ran; gpucell fetch it and gpucell run --resume it' "
-                       "WHERE state NOT IN ('succeeded', 'failed', 'cancelled', 'interrupted')", (now,))
+assert tuple(f.name for f in fields(Job)) == JOB_COLUMNS, "Job and the journal's jobs table disagree"
 
 
 @dataclass
@@ -103,31 +65,33 @@ class JobRequest:
 class JobManager:
     """Starts, watches, cancels and lists jobs. Every call runs on the broker's event loop."""
 
-    def __init__(self, state_dir: str, broker_address: Callable[[], str], token: str,
+    def __init__(self, state_dir: str, journal: Journal, broker_address: Callable[[], str], token: str,
                  cost_of: Callable[[str], float]) -> None:
         self.state_dir = Path(state_dir)
+        self._journal = journal
         self.broker_address = broker_address
         self.token = token
         self.cost_of = cost_of
         self.jobs: dict[str, Job] = {}
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.cancelling: set[str] = set()
-        self._journal: Journal | None = None
+        self._loaded = False
         self._opening = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def journal(self) -> Journal:
+        """The journal, once the previous broker's jobs are loaded from it (on first use)."""
         async with self._opening:
-            if self._journal is None:
-                journal = await asyncio.to_thread(Journal, self.state_dir / JOURNAL)
-                await asyncio.to_thread(journal.mark_interrupted, time.time())
-                for job in await asyncio.to_thread(journal.all):
+            if not self._loaded:
+                await asyncio.to_thread(self._journal.mark_jobs_interrupted, time.time())
+                for row in await asyncio.to_thread(self._journal.jobs):
+                    job = Job(*row)
                     self.jobs[job.id] = job
-                self._journal = journal
+                self._loaded = True
             return self._journal
 
     async def _save(self, job: Job) -> None:
-        await asyncio.to_thread((await self.journal()).put, Job(**asdict(job)))
+        await asyncio.to_thread((await self.journal()).put_job, astuple(job))
 
     def live_cost(self, job: Job) -> float:
         return job.cost if job.state in TERMINAL else self.cost_of(job.session_name)
