@@ -3,42 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import secrets
 import sys
 
-from gpucell import settings
 from gpucell.batch.commands import add_batch_commands
-from gpucell.broker.config import load_config
+from gpucell.broker import command as broker_command
 from gpucell.errors import GpucellError
-from gpucell.process import die_with_parent
-from gpucell.settings import ENV_TOKEN
-
-
-def _broker(args: argparse.Namespace) -> int:
-    from gpucell.broker.server import serve_forever  # noqa: PLC0415 - the broker's deps load only for this command
-
-    if args.parent_pid:
-        die_with_parent(args.parent_pid)
-    config = load_config(args.config)
-    if args.host:
-        config.host = args.host
-    if args.port is not None:
-        config.port = args.port
-    if args.state_dir:
-        config.state_dir = args.state_dir
-    for name in ("tls_cert", "tls_key", "metrics_port"):
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
-    if args.insecure:
-        config.insecure = True
-    token = settings.get("token") or secrets.token_urlsafe(24)
-    if not settings.get("token"):
-        print(f"gpucell broker token (set {ENV_TOKEN} on clients): {token}", file=sys.stderr, flush=True)
-    worker_token = settings.get("worker_token") or secrets.token_urlsafe(24)
-    asyncio.run(serve_forever(config, token, worker_token))
-    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -88,17 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("broker", help="run a broker")
-    p.add_argument("--config", help="TOML config (default: $GPUCELL_CONFIG)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--state-dir")
-    p.add_argument("--tls-cert", help="PEM certificate (TLS is required off loopback)")
-    p.add_argument("--tls-key", help="PEM private key")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback host without TLS")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free one)")
-    p.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
-    p.set_defaults(func=_broker)
+    broker_command.add_arguments(p)
+    p.set_defaults(func=broker_command.run)
 
     p = sub.add_parser("worker", help="run a worker that dials a broker (token in $GPUCELL_WORKER_TOKEN)")
     p.add_argument("--broker", required=True, help="host:port")

@@ -1,8 +1,6 @@
-"""`python -m gpucell.broker`: what `gpucell broker` runs."""
+"""`python -m gpucell.broker`: what `gpucell broker` runs, without the rest of the CLI."""
 
-import sys
-
-from gpucell.cli import main
+from gpucell.broker.command import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["broker", *sys.argv[1:]]))
+    raise SystemExit(main())
