@@ -120,7 +120,8 @@ class BrokerClient:
         return bool(response.found)
 
     def catalog_pb(self) -> pb.CatalogGetResponse:
-        return self._unary(self._stub.CatalogGet, pb.CatalogGetRequest())
+        response: pb.CatalogGetResponse = self._unary(self._stub.CatalogGet, pb.CatalogGetRequest())
+        return response
 
     def catalog(self) -> dict[str, Any]:
         response = self.catalog_pb()
@@ -130,7 +131,9 @@ class BrokerClient:
                 "default_hardware": response.default_hardware, "known_labels": list(response.known_labels)}
 
     def status_pb(self, session_id: str | None = None) -> pb.StatusGetResponse:
-        return self._unary(self._stub.StatusGet, pb.StatusGetRequest(session_id=session_id or ""))
+        response: pb.StatusGetResponse = self._unary(self._stub.StatusGet,
+                                                     pb.StatusGetRequest(session_id=session_id or ""))
+        return response
 
     def status(self, session_id: str | None = None) -> dict[str, Any]:
         return status_to_json(self.status_pb(session_id))

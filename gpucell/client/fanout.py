@@ -290,7 +290,7 @@ class Fanout:
             while True:
                 try:
                     session.run_cell(BATCH_SOURCE, ns, self._options(len(batch.items)), sink, skip=_BATCH_SKIP)
-                    out = ns.get("_gpucell_out")
+                    out: Any = ns.get("_gpucell_out")  # the batch's pickled results, or NO_TASK
                     if out == NO_TASK:  # a replacement worker: bind the task there, then run the batch again
                         session.run_cell(SETUP_SOURCE, {"_gpucell_task": self.task}, self._options(0), sink,
                                          skip=_SETUP_SKIP)

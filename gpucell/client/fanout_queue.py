@@ -114,7 +114,7 @@ class _SlotStats:
 
 def retry_delay(tries: int) -> float:
     """Backoff before try number `tries` + 1 (tries >= 1)."""
-    return min(RETRY_MAX_S, RETRY_BASE_S * (2 ** max(0, tries - 1)))
+    return min(RETRY_MAX_S, RETRY_BASE_S * (2.0 ** max(0, tries - 1)))
 
 
 class FanoutQueue:

@@ -54,8 +54,10 @@ class CellBody:
     def _compile(self) -> tuple[Any, Any]:
         tree = ast.parse(self.source)
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = compile(ast.Expression(tree.body.pop().value), "<gpu_map cell>", "eval")
+        tail = tree.body[-1] if tree.body else None
+        if isinstance(tail, ast.Expr):
+            tree.body.pop()
+            last = compile(ast.Expression(tail.value), "<gpu_map cell>", "eval")
         self._code = (compile(tree, "<gpu_map cell>", "exec"), last)
         return self._code
 
@@ -120,7 +122,8 @@ def _dumps(value: Any) -> bytes:
     try:
         return pickle.dumps(value, protocol=5)
     except Exception:  # noqa: BLE001 - lambdas, notebook classes: cloudpickle goes by value
-        return cloudpickle.dumps(value, protocol=5)
+        data: bytes = cloudpickle.dumps(value, protocol=5)
+        return data
 
 
 def run_batch(task: Task | None, payload: bytes) -> bytes:
