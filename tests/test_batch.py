@@ -17,7 +17,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from conftest import Cluster, make_cluster, pid_alive, wait_for
-from gpucell.batch.jobs_client import JobsClient
+from gpucell.client.jobs_client import JobsClient
 from gpucell.batch.params import INJECTED_TAG, resolve_type
 from gpucell.batch.resume import cells_to_rerun
 

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import Cluster
 from gpucell.broker.jobs import TERMINAL
-from gpucell.batch.jobs_client import JobsClient
+from gpucell.client.jobs_client import JobsClient
 from gpucell.broker.scheduler import WorkerState
 from gpucell.client import BrokerClient
 from gpucell.client.errors_table import CELL_ERRORS, RPC_ERRORS, UNEXPECTED, Row, translate

@@ -11,7 +11,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from conftest import wait_for
-from gpucell.batch.jobs_client import JobsClient
+from gpucell.client.jobs_client import JobsClient
 from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client import BrokerClient
 from gpucell.protocol import gpucell_pb2 as pb

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import wait_for
-from gpucell.batch.jobs_client import JobsClient
+from gpucell.client.jobs_client import JobsClient
 from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.settings import ENV_BROKER, ENV_CONFIG, ENV_TOKEN
 

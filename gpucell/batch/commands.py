@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpucell.batch.jobs_client import JobsClient
+from gpucell.client.jobs_client import JobsClient
 from gpucell.errors import ConfigError
 from gpucell.process import die_with_parent
 

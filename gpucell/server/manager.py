@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from gpucell.batch.jobs_client import JobsClient
+from gpucell.client.jobs_client import JobsClient
 from gpucell.client import BrokerClient
 from gpucell.errors import BrokerUnavailableError, ConfigError, NotFoundError
 
@@ -26,7 +26,7 @@ class BrokerCalls(Protocol):
 
 
 class JobCalls(Protocol):
-    """The part of gpucell.batch.jobs_client.JobsClient the manager uses."""
+    """The part of gpucell.client.jobs_client.JobsClient the manager uses."""
 
     def submit(self, notebook_name: str, notebook: bytes, parameters: list[str], hardware: str = "",
                timeout_s: float = 0.0, workdir: str = "") -> dict[str, Any]: ...
