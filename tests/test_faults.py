@@ -17,7 +17,8 @@ import pytest
 
 from conftest import Cluster, RecordingSink, pid_alive, wait_for
 from gpucell.api import make_fanout
-from gpucell.client import BrokerClient
+from gpucell.client import BrokerClient, broker_client
+from gpucell.client import fanout as fanout_module  # `fanout` names the map objects below
 from gpucell.settings import ENV_CONFIG, ENV_TOKEN, ENV_WORKER_TOKEN
 from gpucell.client.session import CellOptions, Session
 from gpucell.errors import GpucellError, RemoteError
@@ -52,9 +53,9 @@ def test_worker_killed_mid_map_reruns_its_items_elsewhere_without_using_retries(
     flag = tmp_path / "killed"
 
     def work(x: int) -> tuple[int, str]:
-        import os
-        import signal
-        import time
+        import os  # noqa: PLC0415 - runs on the worker
+        import signal  # noqa: PLC0415 - runs on the worker
+        import time  # noqa: PLC0415 - runs on the worker
         time.sleep(0.02)
         if x == 25 and not flag.exists():     # the worker dies in the middle of a batch, once
             flag.touch()
@@ -73,8 +74,8 @@ def test_worker_killed_mid_map_reruns_its_items_elsewhere_without_using_retries(
 def test_an_item_that_always_kills_its_worker_fails_alone_with_the_reason(client: BrokerClient) -> None:
     def poison(x: int) -> int:
         if x == 3:
-            import os
-            import signal
+            import os  # noqa: PLC0415 - runs on the worker
+            import signal  # noqa: PLC0415 - runs on the worker
             os.kill(os.getpid(), signal.SIGKILL)
         return x
 
@@ -157,8 +158,8 @@ def test_broker_killed_mid_map_and_restarted_loses_and_doubles_nothing(tmp_path:
         outcome: list[BaseException] = []
 
         def work(x: int) -> tuple[int, int]:
-            import os
-            import time
+            import os  # noqa: PLC0415 - runs on the worker
+            import time  # noqa: PLC0415 - runs on the worker
             time.sleep(0.03)
             return x, os.getpid()     # worker ids restart at cpu-1 with the broker; pids do not repeat
 
@@ -195,9 +196,7 @@ def test_broker_killed_mid_map_and_restarted_loses_and_doubles_nothing(tmp_path:
 
 def test_a_broker_that_stays_down_stops_the_map_with_a_clear_error(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpucell.client import broker_client, fanout
-
-    monkeypatch.setattr(fanout, "RECONNECT_WINDOW_S", 2.0)        # the bound, shortened for the test
+    monkeypatch.setattr(fanout_module, "RECONNECT_WINDOW_S", 2.0)        # the bound, shortened for the test
     monkeypatch.setattr(broker_client, "REATTACH_WINDOW_S", 1.0)
     broker = BrokerProcess(tmp_path, CPU_POOL)
     client: BrokerClient | None = None
@@ -208,7 +207,7 @@ def test_a_broker_that_stays_down_stops_the_map_with_a_clear_error(tmp_path: Pat
         outcome: list[BaseException] = []
 
         def work(x: int) -> int:
-            import time
+            import time  # noqa: PLC0415 - runs on the worker
             time.sleep(0.03)
             return x
 

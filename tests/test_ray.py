@@ -19,15 +19,15 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
-ray = pytest.importorskip("ray")
-import ray.cluster_utils  # noqa: E402
+pytest.importorskip("ray")
+import ray.cluster_utils  # after the skip, and after the RAY_* variables above
 
-from conftest import Cluster, RecordingSink, loaded_shell, make_cluster, pid_alive, wait_for  # noqa: E402
-from gpucell.broker.provisioners import load_provisioner  # noqa: E402
-from gpucell.broker.provisioners.ray import ACCELERATOR_SHARE, RayProvisioner, placement  # noqa: E402
-from gpucell.client.session import CellOptions, Session  # noqa: E402
-from gpucell.broker.config import PoolConfig  # noqa: E402
-from gpucell.errors import WorkerLostError  # noqa: E402
+from conftest import Cluster, RecordingSink, loaded_shell, make_cluster, pid_alive, wait_for
+from gpucell.broker.provisioners import load_provisioner
+from gpucell.broker.provisioners.ray import ACCELERATOR_SHARE, RayProvisioner, placement
+from gpucell.client.session import CellOptions, Session
+from gpucell.broker.config import PoolConfig
+from gpucell.errors import WorkerLostError
 
 pytestmark = pytest.mark.slow
 

@@ -14,11 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
+import gpucell
 from conftest import Cluster, RecordingSink, make_cluster, pid_alive, wait_for
 from gpucell.broker.server import BrokerThread
 from gpucell.client import BrokerClient
+from gpucell.client.embedded import start_embedded_broker
 from gpucell.client.session import CellOptions, Session
 from gpucell.broker.config import load_config
 from gpucell.errors import (AuthenticationError, BrokerUnavailableError, ConfigError, SerializationError,
@@ -240,8 +243,6 @@ def test_metrics_endpoint_counts_cells(tmp_path: Path) -> None:
 
 
 def test_broker_dies_workers_follow(tmp_path: Path) -> None:
-    from gpucell.client.embedded import start_embedded_broker
-
     config = tmp_path / "c.toml"
     config.write_text(CPU)
     broker = start_embedded_broker(str(config))
@@ -262,8 +263,6 @@ def test_broker_dies_workers_follow(tmp_path: Path) -> None:
 
 
 def test_per_session_quota_is_a_clear_error_and_maps_stay_within_it(tmp_path: Path) -> None:
-    import gpucell
-
     pools = "[pools.T4]\nsimulate = true\nmax_workers = 4\nmax_workers_per_session = 2\n"
     with make_cluster(tmp_path, pools) as cluster:
         client = cluster.client()
@@ -282,7 +281,7 @@ def test_per_session_quota_is_a_clear_error_and_maps_stay_within_it(tmp_path: Pa
         wait_for(lambda: not cluster.status()["pools"]["T4"]["workers"], 15, what="the release")
 
         def worker_of(item: int) -> str:
-            import os
+            import os  # noqa: PLC0415 - runs on the worker
 
             return os.environ["GPUCELL_WORKER_ID"]
 
@@ -292,8 +291,6 @@ def test_per_session_quota_is_a_clear_error_and_maps_stay_within_it(tmp_path: Pa
 
 
 def test_a_value_over_the_blob_limit_is_refused_before_sending(tmp_path: Path) -> None:
-    import numpy as np
-
     with make_cluster(tmp_path, CPU, broker="max_blob_mb = 1") as cluster:
         session = Session(cluster.client())
         ns: dict[str, object] = {"big": np.ones(500_000), "small": 2}

@@ -22,7 +22,7 @@ from gpucell.protocol import gpucell_pb2 as pb
 
 # pytest-jupyter's fixtures, imported here rather than registered as a plugin in conftest: its plugin
 # adds autouse fixtures (an event loop and a ServerApp cleanup) to every test of the suite.
-from pytest_jupyter.jupyter_server import *  # noqa: F403,E402
+from pytest_jupyter.jupyter_server import *  # noqa: F403
 
 POOLS_TOML = """
 [pools.T4]

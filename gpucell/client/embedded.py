@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from gpucell.errors import BrokerUnavailableError
 from gpucell.settings import ENV_CONFIG, ENV_TOKEN
@@ -77,7 +78,7 @@ def start_embedded_broker(config_path: str | None = None, timeout: float = 30.0)
         chunk = os.read(process.stdout.fileno(), 1)
         if not chunk:
             process.wait(5)
-            tail = open(log_path, errors="replace").read()[-500:].strip().splitlines()
+            tail = Path(log_path).read_text(errors="replace")[-500:].strip().splitlines()
             raise BrokerUnavailableError(f"the embedded broker exited: {tail[-1] if tail else 'no output'} "
                                          f"(log: {log_path})")
         line += chunk

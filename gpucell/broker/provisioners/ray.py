@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gpucell import settings
@@ -237,7 +237,7 @@ class RayProvisioner(Provisioner):
             pass
         try:
             ray.kill(record.actor, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # already gone; logged with its traceback
             log.debug("ray.kill(%s) failed", record.worker_id, exc_info=True)
 
     # ------------------------------------------------------------ Provisioner
