@@ -108,7 +108,7 @@ def test_values_bind_refs_stay_remote_and_deletes_go() -> None:
     result = result_of({"y": 2, "arr": np.arange(4)}, deleted=["gone"],
                        refs=[pb.RemoteRefInfo(name="model", type_name="Net", size=10, reason="on the GPU")])
     update = plan(result)
-    assert update.assigned == ["y", "arr"] and update.refs == ["model"] and update.deletes == ["gone"]
+    assert update.assigned == ["y", "arr"] and update.refs == ["model"] and list(update.deletes) == ["gone"]
     ns: dict[str, Any] = {"gone": 1, "y": 0, "model": 1}
     refs: dict[str, RemoteRef] = {}
     apply_update(update, ns, refs)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gpucell.namespace import serialize
@@ -17,11 +17,11 @@ Parts = tuple[bytes, list[Any]]   # one packed value: the pickle and its out-of-
 class NamespaceUpdate:
     """Names to bind (a loaded value, or a RemoteRef to what stays on the worker) and names to delete."""
 
-    binds: dict[str, Any] = field(default_factory=dict)
-    deletes: list[str] = field(default_factory=list)
-    assigned: list[str] = field(default_factory=list)      # outputs that came back as values
-    refs: list[str] = field(default_factory=list)          # outputs that stay on the worker
-    kept_remote: list[str] = field(default_factory=list)   # one line per output that cannot load here
+    binds: dict[str, Any]
+    deletes: Sequence[str]
+    assigned: list[str]      # outputs that came back as values
+    refs: list[str]          # outputs that stay on the worker
+    kept_remote: list[str]   # one line per output that cannot load here
 
 
 def to_fetch(result: pb.Result) -> list[str]:
@@ -37,24 +37,23 @@ def plan_update(result: pb.Result, parts: Mapping[str, Parts], *, hardware: str,
                 execution_count: int = 0) -> NamespaceUpdate:
     """Load every output (`parts`: the result's inline blobs and what was fetched, by hash). One that cannot
     be loaded here, e.g. from a module only the worker has, stays there as a RemoteRef."""
-    update = NamespaceUpdate()
+    binds: dict[str, Any] = {}
+    kept_remote: list[str] = []
     infos = list(result.refs)
     for value in result.outputs:
         try:
-            update.binds[value.name] = serialize.unpack(*parts[value.hash])
+            binds[value.name] = serialize.unpack(*parts[value.hash])
         except Exception as exc:  # noqa: BLE001 - e.g. a module only the worker has: it stays usable there
             reason = f"cannot be loaded here: {one_line(exc)}"
             infos.append(pb.RemoteRefInfo(name=value.name, type_name=value.type_name, size=value.size,
                                           reason=reason))
-            update.kept_remote.append(f"gpucell: {value.name!r} ({value.type_name}) stays on the worker as a "
+            kept_remote.append(f"gpucell: {value.name!r} ({value.type_name}) stays on the worker as a "
                                       f"RemoteRef: it {reason}")
     for info in infos:
-        update.binds[info.name] = RemoteRef(info.name, info.type_name, info.size, info.hardware or hardware,
-                                            info.worker_id or worker_id, info.reason, info.summary, execution_count)
-    update.deletes = list(result.deleted)
-    update.assigned = [v.name for v in result.outputs if not isinstance(update.binds.get(v.name), RemoteRef)]
-    update.refs = [r.name for r in infos]
-    return update
+        binds[info.name] = RemoteRef(info.name, info.type_name, info.size, info.hardware or hardware,
+                                     info.worker_id or worker_id, info.reason, info.summary, execution_count)
+    assigned = [v.name for v in result.outputs if not isinstance(binds.get(v.name), RemoteRef)]
+    return NamespaceUpdate(binds, result.deleted, assigned, [r.name for r in infos], kept_remote)
 
 
 def apply_update(update: NamespaceUpdate, user_ns: MutableMapping[str, Any], refs: dict[str, RemoteRef]) -> None:
