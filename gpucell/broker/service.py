@@ -468,7 +468,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         spec = LaunchSpec(worker_id, pool, self.worker_address(), self.worker_token, env=env, log_dir=self.log_dir)
         try:
             await provisioner.launch(spec)
-        except Exception as exc:  # noqa: BLE001 - any launch failure fails the waiting cell with its reason
+        except Exception as exc:  # any launch failure fails the waiting cell with its reason (logged)
             log.exception("launch of %s failed", worker_id)
             self.launches.pop(worker_id, None)
             self._worker_gone(sch.WorkerGone(worker_id, time.monotonic(), f"launch failed: {exc}"))
@@ -583,7 +583,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             await asyncio.sleep(TICK_S)  # a periodic timer, not synchronisation
             try:
                 await self._tick()
-            except Exception:  # noqa: BLE001 - the broker must not fall over on one bad tick
+            except Exception:  # the broker must not fall over on one bad tick (logged)
                 log.exception("tick failed")
 
     async def _tick(self) -> None:
