@@ -28,7 +28,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check gpucell tests bench scripts
 	$(VENV)/bin/mypy
-	@if [ -f .importlinter ]; then echo "$(VENV)/bin/lint-imports"; $(VENV)/bin/lint-imports; \
+	@if [ -f .importlinter ]; then echo "$(VENV)/bin/lint-imports"; $(VENV)/bin/lint-imports --no-logo; \
 	 else echo "lint-imports: no .importlinter yet, skipped"; fi
 	@[ -x node_modules/.bin/eslint ] || npm install --no-audit --no-fund
 	npm run lint
