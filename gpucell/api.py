@@ -26,17 +26,14 @@ from typing import Any, Generic, TypeVar
 
 from gpucell.client.embedded import EmbeddedBroker, start_embedded_broker
 from gpucell.client.broker_client import BrokerClient
-from gpucell.client.fanout import Fanout, FanoutOptions, StreamSink, Task
-from gpucell.client.session import Session
+from gpucell.client.fanout import Fanout, StreamSink
+from gpucell.client.fanout_start import check_fanout_args, start_fanout
 from gpucell.client.sink import Sink
 from gpucell import settings
-from gpucell.errors import ConfigError
-from gpucell.namespace import serialize
 
 __all__ = ["Call", "Function", "Runtime", "connect", "function", "map", "status"]
 
 R = TypeVar("R")
-DEFAULT_MAX_WORKERS = 8          # when the catalog does not say how large the pool is
 
 
 class Runtime:
@@ -119,16 +116,6 @@ def _in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def _pool_size(client: BrokerClient, hardware: str) -> int:
-    catalog = client.catalog()
-    label = (hardware or catalog.get("default_hardware") or "").partition(":")[0].lower()
-    for entry in catalog["entries"]:
-        if entry["label"].lower() == label and entry["max_workers"]:
-            quota = int(entry.get("max_workers_per_session") or 0)
-            return min(int(entry["max_workers"]), quota) if quota else int(entry["max_workers"])
-    return DEFAULT_MAX_WORKERS
-
-
 class _NotebookSink(StreamSink):
     """Item output in a notebook: streams as text, rich displays as MIME bundles."""
 
@@ -139,29 +126,19 @@ class _NotebookSink(StreamSink):
 
 
 def make_fanout(fn: Callable[..., Any], mode: str, *, gpu: str | None, workers: int | None, retries: int,
-            timeout: float, ordered: bool, return_exceptions: bool, progress: bool | None,
-            client: BrokerClient | None, label_items: bool = True, sink: Sink | None = None,
-            description: str = "") -> Fanout:
-    if retries < 0:
-        raise ConfigError(f"retries={retries}: must be zero or more")
-    if timeout < 0:
-        raise ConfigError(f"timeout={timeout:g}: must be positive")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers={workers}: must be at least 1")
+                timeout: float, ordered: bool, return_exceptions: bool, progress: bool | None,
+                client: BrokerClient | None, label_items: bool = True, sink: Sink | None = None,
+                description: str = "") -> Fanout:
+    check_fanout_args(workers, retries, timeout)   # before a default client may start an embedded broker
     client = client or _default_client()
-    task = Task(fn, mode, float(timeout or 0.0))
-    serialize.pack(getattr(fn, "__name__", "fn"), task)   # unpicklable closure: a clear error before anything starts
-    hardware = Session(client).check_hardware(_default_hardware(gpu))
-    count = min(workers, _pool_size(client, hardware)) if workers else _pool_size(client, hardware)
-    show = progress if progress is not None else (_in_notebook() or sys.stderr.isatty())
-    name = getattr(fn, "__name__", "fn")
     magics = _notebook_magics()
     # A notebook's maps count against its own quota; a map outside a notebook is its own owner.
     owner = magics.session.session_id if magics is not None else ""
-    options = FanoutOptions(hardware=hardware, workers=count, retries=retries, ordered=ordered,
-                            return_exceptions=return_exceptions, progress=show, label_items=label_items,
-                            description=description or f"{name} on {hardware or 'default'}", owner=owner)
-    return Fanout(client, task, options, sink or (_NotebookSink() if _in_notebook() else StreamSink()))
+    show = progress if progress is not None else (_in_notebook() or sys.stderr.isatty())
+    return start_fanout(client, fn, mode, hardware=_default_hardware(gpu), workers=workers, retries=retries,
+                        timeout=timeout, ordered=ordered, return_exceptions=return_exceptions, progress=show,
+                        sink=sink or (_NotebookSink() if _in_notebook() else StreamSink()), owner=owner,
+                        label_items=label_items, description=description)
 
 
 def map(fn: Callable[..., R], items: Iterable[Any], *, gpu: str | None = None,  # noqa: A001 - Modal's name

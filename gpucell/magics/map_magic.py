@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import sys
 from typing import Any
 
 from IPython.core.inputtransformer2 import TransformerManager
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from gpucell.api import make_fanout
+from gpucell.client.fanout_start import start_fanout
 from gpucell.namespace.fanout_runner import CellBody
 from gpucell.client.sink import ForwardingSink, Sink, first_phase
 from gpucell.errors import ConfigError, RemoteError, SerializationError
@@ -71,12 +72,14 @@ class GPUMapMagics(Magics):
             raise ConfigError(f"--over {args.over!r}: {type(items).__name__} is not iterable") from None
         values = self._values(source, args.name)
         body = CellBody(source, args.name, values)
-        where = args.hardware or self.owner.session.default_hardware or "default"
+        session = self.owner.session
+        hardware = args.hardware or session.default_hardware
+        in_notebook = getattr(self.shell, "kernel", None) is not None
         try:
-            fanout = make_fanout(body, "one", gpu=args.hardware or None, workers=args.workers, retries=args.retries,
-                                 timeout=0.0, ordered=True, return_exceptions=False, progress=None,
-                                 client=self.owner.session.client, sink=_OwnerSink(self.owner.sink),
-                                 description=f"%%gpu_map on {where}")
+            fanout = start_fanout(session.client, body, "one", hardware=hardware, workers=args.workers,
+                                  retries=args.retries, timeout=0.0, ordered=True, return_exceptions=False,
+                                  progress=in_notebook or sys.stderr.isatty(), sink=_OwnerSink(self.owner.sink),
+                                  owner=session.session_id, description=f"%%gpu_map on {hardware or 'default'}")
         except SerializationError:
             for name, value in values.items():   # name the variable that cannot travel
                 serialize.pack(name, value)
