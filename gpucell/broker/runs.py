@@ -26,8 +26,7 @@ class CellRun:
     dispatched: float = 0.0
     cold_start_s: float = 0.0
     done: bool = False
-    timed_out: bool = False
-    timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False        # the scheduler interrupted it for its --timeout
     outcome: str = "user"
     detach_timer: asyncio.TimerHandle | None = None
 

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Union
+
+TIMEOUT_GRACE_S = 5.0       # a cell that ignores its --timeout interrupt this long loses its worker
+DISCONNECT_GRACE_S = 3.0    # a launched worker's dropped stream waits this long for its provisioner's reason
+
+
+def timeout_reason(timeout: float) -> str:
+    """The line a user reads when a cell ran past its --timeout (its worker's own error text is replaced)."""
+    return f"the cell ran past its --timeout of {timeout:g}s and was stopped"
 
 
 class WorkerState(str, Enum):
@@ -21,6 +29,7 @@ class PoolLimits:
     max_workers: int = 4
     idle_timeout: float = 300.0
     per_session: int = 0           # most workers one owner (a notebook and its maps) may hold; 0: no quota
+    memory_limit_mb: int = 0       # a worker whose heartbeat reports more RSS is stopped; 0: no limit
 
 
 @dataclass
@@ -35,6 +44,11 @@ class Worker:
     cell: str | None = None
     cells_run: int = 0
     owner: str = ""                # the notebook session it works for (a map's workers share their notebook's)
+    launched: bool = False         # started by this broker (a provisioner knows why it ends), not joined by hand
+    created: float = 0.0
+    last_seen: float | None = None  # last message over its stream; None: not registered yet
+    reachable: bool = True         # False: its stream dropped and the broker waits to learn why
+    disconnected_at: float = 0.0
 
 
 @dataclass
@@ -47,6 +61,10 @@ class PendingCell:
     idle_timeout: float | None = None
     position: int = 0              # last queue position reported (0: none)
     owner: str = ""
+    timeout: float = 0.0           # --timeout in seconds; 0: none
+    seq: int = 0                   # submission order, kept when an undelivered cell goes back to its queue
+    started: float = 0.0           # when it was dispatched
+    interrupted_at: float | None = None  # when its timeout's interrupt went out
 
 
 # ---------------------------------------------------------------- events
@@ -61,12 +79,15 @@ class CellSubmitted:
     fresh: bool = False
     idle_timeout: float | None = None
     owner: str = ""                # empty: the session itself
+    timeout: float = 0.0           # --timeout: interrupted after this, its worker stopped a grace later
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
 class CellFinished:
     cell_id: str
     now: float
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,7 @@ class LaneCellStarted:
     cell_id: str
     worker_id: str
     now: float
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,7 @@ class CellWithdrawn:
 
     cell_id: str
     now: float
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,7 @@ class WorkerReady:
 
     worker_id: str
     now: float
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,7 @@ class WorkerJoined:
     worker_id: str
     pool: str
     now: float
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,7 @@ class WorkerGone:
     worker_id: str
     now: float
     reason: str = "worker lost"
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,21 +142,121 @@ class ReleaseRequested:
     now: float
     pool: str | None = None
     worker_id: str | None = None
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
 class SessionClosed:
     session: str
     now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerHeartbeat:
+    """A message came over a worker's stream (any message is a sign of life); heartbeats carry its RSS."""
+
+    worker_id: str
+    now: float
+    rss: int = 0                   # bytes; 0: not a heartbeat
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerDisconnected:
+    """A worker's stream ended. A hand-started one is gone; a launched one gets a grace for its provisioner's reason."""
+
+    worker_id: str
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class CellUndelivered:
+    """A Dispatch found no stream to its worker: the cell goes back to its queue and the worker is unreachable."""
+
+    cell_id: str
+    worker_id: str
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class UsageRestored:
+    """Worker-seconds from an earlier run of the broker (the journal): (session, pool, seconds) each."""
+
+    usage: tuple[tuple[str, str, float], ...]
+    now: float
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
 class Tick:
+    """Time passed. It yields the events below when they are due, each with its own stimulus id."""
+
     now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class CellTimedOut:
+    """A cell ran past its --timeout: the worker is asked to interrupt it."""
+
+    cell_id: str
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class CellIgnoredInterrupt:
+    """A timed-out cell still runs a grace after its interrupt: it fails and its worker is stopped."""
+
+    cell_id: str
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerSilent:
+    """No message from a registered worker for heartbeat_timeout."""
+
+    worker_id: str
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerStartTimedOut:
+    """A launched worker did not register within start_timeout."""
+
+    worker_id: str
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerOverMemory:
+    """A heartbeat reported more RSS than its pool's memory_limit_mb."""
+
+    worker_id: str
+    now: float
+    rss: int
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerDisconnectGraceOver:
+    """A launched worker's stream dropped and its provisioner gave no reason within the grace."""
+
+    worker_id: str
+    now: float
+    stimulus_id: str = ""
 
 
 Event = Union[CellSubmitted, CellFinished, LaneCellStarted, CellWithdrawn, WorkerReady, WorkerJoined, WorkerGone,
-              ReleaseRequested, SessionClosed, Tick]
+              ReleaseRequested, SessionClosed, WorkerHeartbeat, WorkerDisconnected, CellUndelivered, UsageRestored,
+              Tick, CellTimedOut, CellIgnoredInterrupt, WorkerSilent, WorkerStartTimedOut, WorkerOverMemory,
+              WorkerDisconnectGraceOver]
 
 # ---------------------------------------------------------------- instructions
 
@@ -139,6 +265,7 @@ Event = Union[CellSubmitted, CellFinished, LaneCellStarted, CellWithdrawn, Worke
 class Launch:
     worker_id: str
     pool: str
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,19 +273,22 @@ class Dispatch:
     cell_id: str
     worker_id: str
     cold: bool
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
 class Terminate:
     worker_id: str
     reason: str
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
 class FailCell:
     cell_id: str
     reason: str
-    kind: str                      # "worker_lost", "cancelled", "rejected"
+    kind: str                      # "worker_lost", "cancelled", "rejected", "timeout"
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,6 +296,7 @@ class QueuePosition:
     cell_id: str
     position: int
     pool: str
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,6 +307,7 @@ class Assigned:
     session: str
     pool: str
     now: float
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -185,6 +317,7 @@ class UsageRecorded:
     worker_id: str
     start: float
     end: float
+    stimulus_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,9 +327,32 @@ class WorkerStarting:
     cell_id: str
     worker_id: str
     pool: str
+    stimulus_id: str = ""
 
 
-Instruction = Union[Launch, Dispatch, Terminate, FailCell, QueuePosition, Assigned, UsageRecorded, WorkerStarting]
+@dataclass(frozen=True)
+class InterruptCell:
+    """Ask the worker to interrupt a cell that ran past its --timeout; from now on it fails with `reason`."""
+
+    cell_id: str
+    worker_id: str
+    reason: str
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """The scheduler counts this worker gone (its cells already failed): drop its stream, note why, and stop
+    its process within stop_grace_s (None: leave the process to its provisioner, which is asked why it ended)."""
+
+    worker_id: str
+    reason: str
+    stop_grace_s: float | None
+    stimulus_id: str = ""
+
+
+Instruction = Union[Launch, Dispatch, Terminate, FailCell, QueuePosition, Assigned, UsageRecorded, WorkerStarting,
+                    InterruptCell, WorkerLost]
 
 
 @dataclass
@@ -207,17 +363,25 @@ class Scheduler:
     in its life; a pool never has more than max_workers processes (releasing ones included, until
     they are gone); every queued cell is eventually dispatched or failed with a reason; a session
     worker idle past its timeout is released by the next Tick; cells waiting for capacity get it
-    in submission order; usage is the sum of the assignment intervals.
+    in submission order; usage is the sum of the assignment intervals; a cell past its --timeout is
+    interrupted once and, a grace later, failed once; a silent, never-registering or over-memory worker
+    is declared lost and its cell fails with that reason.
     """
 
     pools: dict[str, PoolLimits]
+    heartbeat_timeout: float = 0.0     # seconds without a message before a worker is lost; 0: never
+    start_timeout: float = 0.0         # seconds a launched worker may take to register; 0: forever
+    timeout_grace: float = TIMEOUT_GRACE_S
+    disconnect_grace: float = DISCONNECT_GRACE_S
     workers: dict[str, Worker] = field(default_factory=dict)
     queues: dict[str, deque[PendingCell]] = field(default_factory=dict)
     running: dict[str, str] = field(default_factory=dict)          # cell -> worker
+    dispatched: dict[str, PendingCell] = field(default_factory=dict)  # running cells the broker dispatched
     cold_cells: set[str] = field(default_factory=set)              # cells that waited for a launch
     usage: dict[tuple[str, str], float] = field(default_factory=dict)  # (session, pool) -> seconds
     _next_id: int = 0
     _seen_ids: set[str] = field(default_factory=set)               # never reuse a worker id
+    _next_seq: int = 0
 
     def __post_init__(self) -> None:
         for name in self.pools:
@@ -226,16 +390,25 @@ class Scheduler:
     # ------------------------------------------------------------ entry point
 
     def handle(self, event: Event) -> list[Instruction]:
+        """The instructions an event causes, each carrying the stimulus id of the event that caused it."""
         out: list[Instruction] = []
+        self._handle(event, out)
+        return out
+
+    def _handle(self, event: Event, out: list[Instruction]) -> None:
+        mine: list[Instruction] = []
         if isinstance(event, CellSubmitted):
             if event.pool not in self.pools:
-                return [FailCell(event.cell_id, f"no pool serves {event.pool!r}", "rejected")]
-            self.queues[event.pool].append(PendingCell(event.cell_id, event.session, event.pool,
-                                                       event.now, event.fresh, event.idle_timeout,
-                                                       owner=event.owner or event.session))
-            self._pump(event.pool, event.now, out)
+                mine.append(FailCell(event.cell_id, f"no pool serves {event.pool!r}", "rejected"))
+            else:
+                self._next_seq += 1
+                self.queues[event.pool].append(PendingCell(event.cell_id, event.session, event.pool,
+                                                           event.now, event.fresh, event.idle_timeout,
+                                                           owner=event.owner or event.session,
+                                                           timeout=event.timeout, seq=self._next_seq))
+                self._pump(event.pool, event.now, mine)
         elif isinstance(event, CellFinished):
-            self._finish_cell(event.cell_id, event.now, out)
+            self._finish_cell(event.cell_id, event.now, mine)
         elif isinstance(event, LaneCellStarted):
             worker = self.workers.get(event.worker_id)
             # Only the owner holds the lane's ticket, so an idle assigned worker is the only state to
@@ -247,17 +420,19 @@ class Scheduler:
                 worker.last_active = event.now
                 self.running[event.cell_id] = worker.id
         elif isinstance(event, CellWithdrawn):
-            self._withdraw(event.cell_id, event.now, out)
+            self._withdraw(event.cell_id, event.now, mine)
         elif isinstance(event, WorkerReady):
             worker = self.workers.get(event.worker_id)
-            if worker is not None and worker.state is WorkerState.STARTING:
-                worker.state = WorkerState.IDLE
-                worker.last_active = event.now
-                self._pump(worker.pool, event.now, out)
+            if worker is not None and (worker.state is WorkerState.STARTING or not worker.reachable):
+                if worker.state is WorkerState.STARTING:
+                    worker.state = WorkerState.IDLE
+                    worker.last_active = event.now
+                worker.reachable, worker.last_seen = True, event.now
+                self._pump(worker.pool, event.now, mine)
         elif isinstance(event, WorkerJoined):
-            self._join(event, out)
+            self._join(event, mine)
         elif isinstance(event, WorkerGone):
-            self._worker_gone(event.worker_id, event.now, event.reason, out)
+            self._worker_gone(event.worker_id, event.now, event.reason, mine)
         elif isinstance(event, ReleaseRequested):
             for worker in list(self.workers.values()):
                 if worker.session != event.session or worker.state is WorkerState.RELEASING:
@@ -266,19 +441,54 @@ class Scheduler:
                     continue
                 if event.worker_id and worker.id != event.worker_id:
                     continue
-                self._terminate(worker, event.now, "released by the user", out)
+                self._terminate(worker, event.now, "released by the user", mine)
             for pool in self.pools:
-                self._pump(pool, event.now, out)
+                self._pump(pool, event.now, mine)
         elif isinstance(event, SessionClosed):
             for queue in self.queues.values():
                 for cell in [c for c in queue if c.session == event.session]:
                     queue.remove(cell)
                     self.cold_cells.discard(cell.cell_id)
-                    out.append(FailCell(cell.cell_id, "session closed", "cancelled"))
-            out.extend(self.handle(ReleaseRequested(event.session, event.now)))
+                    mine.append(FailCell(cell.cell_id, "session closed", "cancelled"))
+            self._handle(ReleaseRequested(event.session, event.now), mine)
+        elif isinstance(event, WorkerHeartbeat):
+            self._heard(event, out)
+        elif isinstance(event, WorkerDisconnected):
+            worker = self.workers.get(event.worker_id)
+            if worker is not None:
+                self._disconnect(worker, event.now, mine)
+        elif isinstance(event, CellUndelivered):
+            self._undelivered(event, mine)
+        elif isinstance(event, UsageRestored):
+            for session, pool, seconds in event.usage:
+                self.usage[(session, pool)] = self.usage.get((session, pool), 0.0) + max(0.0, seconds)
         elif isinstance(event, Tick):
-            self._tick(event.now, out)
-        return out
+            for due in self._due(event.now):
+                self._handle(due, out)
+            self._tick(event.now, mine)
+        elif isinstance(event, CellTimedOut):
+            self._timed_out(event.cell_id, event.now, mine)
+        elif isinstance(event, CellIgnoredInterrupt):
+            self._ignored_interrupt(event.cell_id, event.now, mine)
+        elif isinstance(event, WorkerSilent):
+            worker = self.workers.get(event.worker_id)
+            if worker is not None and worker.reachable and worker.state is not WorkerState.STARTING:
+                self._lose(worker, event.now, f"no heartbeat for {self.heartbeat_timeout:g}s", 0.5, mine)
+        elif isinstance(event, WorkerStartTimedOut):
+            worker = self.workers.get(event.worker_id)
+            if worker is not None and worker.state is WorkerState.STARTING:
+                self._lose(worker, event.now, f"did not register within {self.start_timeout:g}s", 0.5, mine)
+        elif isinstance(event, WorkerOverMemory):
+            worker = self.workers.get(event.worker_id)
+            if worker is not None:
+                limit = self.pools[worker.pool].memory_limit_mb
+                self._lose(worker, event.now, f"worker exceeded its memory limit ({event.rss / 1e6:.0f} MB > "
+                           f"{limit} MB, memory_limit_mb of pool {worker.pool}) and was stopped", 0.0, mine)
+        elif isinstance(event, WorkerDisconnectGraceOver):
+            worker = self.workers.get(event.worker_id)
+            if worker is not None and not worker.reachable:
+                self._lose(worker, event.now, "worker disconnected", None, mine)
+        out.extend(i if i.stimulus_id else replace(i, stimulus_id=event.stimulus_id) for i in mine)
 
     # ------------------------------------------------------------ queries
 
@@ -299,6 +509,11 @@ class Scheduler:
                 key = (worker.session, worker.pool)
                 totals[key] = totals.get(key, 0.0) + (now - worker.assigned_at)
         return totals
+
+    def open_intervals(self, now: float) -> list[tuple[str, str, str, float]]:
+        """(session, pool, worker, seconds so far) for every worker still assigned: what a checkpoint keeps."""
+        return [(w.session, w.pool, w.id, now - w.assigned_at) for w in self.workers.values()
+                if w.session is not None and w.assigned_at is not None and w.state is not WorkerState.RELEASING]
 
     # ------------------------------------------------------------ internals
 
@@ -323,7 +538,8 @@ class Scheduler:
             out.append(Terminate(event.worker_id, f"pool {event.pool} is full ({limits.max_workers} workers)"))
             return
         self.workers[event.worker_id] = Worker(event.worker_id, event.pool, WorkerState.IDLE, None,
-                                               event.now, limits.idle_timeout)
+                                               event.now, limits.idle_timeout, created=event.now,
+                                               last_seen=event.now)
         self._pump(event.pool, event.now, out)
 
     def _pool_size(self, pool: str) -> int:
@@ -336,7 +552,7 @@ class Scheduler:
     def _launch(self, pool: str, session: str | None, now: float, out: list[Instruction]) -> Worker:
         # A cell's --idle applies when it is dispatched (_dispatch), not to a launch it may never use.
         worker = Worker(self._new_worker_id(pool), pool, WorkerState.STARTING, None, now,
-                        self.pools[pool].idle_timeout)
+                        self.pools[pool].idle_timeout, launched=True, created=now)
         self.workers[worker.id] = worker
         out.append(Launch(worker.id, pool))
         if session is not None:
@@ -357,6 +573,8 @@ class Scheduler:
         if cell.idle_timeout:
             worker.idle_timeout = cell.idle_timeout
         self.running[cell.cell_id] = worker.id
+        cell.started, cell.interrupted_at = now, None
+        self.dispatched[cell.cell_id] = cell
         out.append(Dispatch(cell.cell_id, worker.id, cold=cell.cell_id in self.cold_cells))
         self.cold_cells.discard(cell.cell_id)
 
@@ -374,7 +592,7 @@ class Scheduler:
             if worker is not None:
                 # Not waiting for capacity any more: the session's own worker takes its cells in order.
                 cell.position = 0
-                if worker.state is WorkerState.IDLE:
+                if worker.state is WorkerState.IDLE and worker.reachable:
                     queue.remove(cell)
                     self._dispatch(cell, worker, now, out)
                 continue
@@ -386,7 +604,7 @@ class Scheduler:
                                     f"(max_workers_per_session); release one or wait for it to idle out",
                                     "rejected"))
                 continue
-            reserve = next((w for w in self.workers.values() if w.pool == pool and w.session is None
+            reserve = next((w for w in self.workers.values() if w.pool == pool and w.session is None and w.reachable
                             and w.state in (WorkerState.IDLE, WorkerState.STARTING)), None)
             if reserve is not None:
                 cell.position = 0
@@ -416,8 +634,13 @@ class Scheduler:
             self._launch(pool, None, now, out)
             reserves += 1
 
+    def _end_cell(self, cell_id: str) -> str | None:
+        """Forget a running cell; its worker's id, if it had one."""
+        self.dispatched.pop(cell_id, None)
+        return self.running.pop(cell_id, None)
+
     def _finish_cell(self, cell_id: str, now: float, out: list[Instruction]) -> None:
-        worker_id = self.running.pop(cell_id, None)
+        worker_id = self._end_cell(cell_id)
         worker = self.workers.get(worker_id) if worker_id else None
         if worker is None:
             return
@@ -444,7 +667,7 @@ class Scheduler:
         worker.state = WorkerState.RELEASING
         out.append(Terminate(worker.id, reason))
         if worker.cell is not None:
-            self.running.pop(worker.cell, None)
+            self._end_cell(worker.cell)
             out.append(FailCell(worker.cell, f"worker lost: {reason}", "worker_lost"))
             worker.cell = None
 
@@ -462,7 +685,7 @@ class Scheduler:
         if worker.state is not WorkerState.RELEASING:
             self._record_usage(worker, now, out)
         if worker.cell is not None:
-            self.running.pop(worker.cell, None)
+            self._end_cell(worker.cell)
             out.append(FailCell(worker.cell, f"worker lost: {reason}", "worker_lost"))
         if worker.state is WorkerState.STARTING and worker.session is not None:
             # A worker that never came up: fail the session's waiting cells rather than relaunch forever.
@@ -487,3 +710,85 @@ class Scheduler:
                     self._terminate(worker, now, f"idle for {worker.idle_timeout:g}s", out)
         for pool in self.pools:
             self._pump(pool, now, out)
+
+    # ------------------------------------------------------------ timeouts, silence, memory, dropped streams
+
+    def _due(self, now: float) -> list[Event]:
+        """What time alone has made happen by `now`, in a fixed order (cells, then workers)."""
+        due: list[Event] = []
+        for cell in self.dispatched.values():
+            if cell.timeout > 0 and cell.interrupted_at is None and now >= cell.started + cell.timeout:
+                due.append(CellTimedOut(cell.cell_id, now, stimulus_id=f"cell-timeout-{cell.cell_id}"))
+            elif cell.interrupted_at is not None and now >= cell.interrupted_at + self.timeout_grace:
+                due.append(CellIgnoredInterrupt(cell.cell_id, now, stimulus_id=f"timeout-grace-{cell.cell_id}"))
+        for worker in self.workers.values():
+            if worker.state is WorkerState.STARTING:
+                if self.start_timeout > 0 and now - worker.created > self.start_timeout:
+                    due.append(WorkerStartTimedOut(worker.id, now, stimulus_id=f"start-timeout-{worker.id}"))
+            elif not worker.reachable:
+                if now >= worker.disconnected_at + self.disconnect_grace:
+                    due.append(WorkerDisconnectGraceOver(worker.id, now, stimulus_id=f"disconnected-{worker.id}"))
+            elif (self.heartbeat_timeout > 0 and worker.last_seen is not None
+                  and now - worker.last_seen > self.heartbeat_timeout):
+                due.append(WorkerSilent(worker.id, now, stimulus_id=f"silent-{worker.id}"))
+        return due
+
+    def _timed_out(self, cell_id: str, now: float, out: list[Instruction]) -> None:
+        cell = self.dispatched.get(cell_id)
+        worker_id = self.running.get(cell_id)
+        if cell is None or worker_id is None or cell.interrupted_at is not None:
+            return
+        cell.interrupted_at = now
+        out.append(InterruptCell(cell_id, worker_id, timeout_reason(cell.timeout)))
+
+    def _ignored_interrupt(self, cell_id: str, now: float, out: list[Instruction]) -> None:
+        cell = self.dispatched.get(cell_id)
+        worker = self.workers.get(self.running.get(cell_id, ""))
+        if cell is None or cell.interrupted_at is None or worker is None:
+            return
+        self._end_cell(cell_id)
+        if worker.cell == cell_id:
+            worker.cell = None
+        out.append(FailCell(cell_id, timeout_reason(cell.timeout), "timeout"))
+        self._terminate(worker, now, f"cell {cell_id} ran past its --timeout of {cell.timeout:g}s "
+                        f"and ignored the interrupt for {self.timeout_grace:g}s", out)
+        self._pump(worker.pool, now, out)
+
+    def _heard(self, event: WorkerHeartbeat, out: list[Instruction]) -> None:
+        worker = self.workers.get(event.worker_id)
+        if worker is None:
+            return
+        worker.last_seen = event.now
+        limit = self.pools[worker.pool].memory_limit_mb
+        if limit and event.rss > limit * 1_000_000:
+            self._handle(WorkerOverMemory(worker.id, event.now, event.rss, stimulus_id=f"over-memory-{worker.id}"),
+                         out)
+
+    def _lose(self, worker: Worker, now: float, reason: str, stop_grace_s: float | None,
+              out: list[Instruction]) -> None:
+        out.append(WorkerLost(worker.id, reason, stop_grace_s))
+        self._worker_gone(worker.id, now, reason, out)
+
+    def _disconnect(self, worker: Worker, now: float, out: list[Instruction]) -> None:
+        if not worker.launched:
+            # Nobody else can say why a hand-started worker went: its stream was all there was.
+            self._lose(worker, now, "worker disconnected", None, out)
+        elif worker.reachable:
+            worker.reachable, worker.disconnected_at = False, now
+
+    def _undelivered(self, event: CellUndelivered, out: list[Instruction]) -> None:
+        cell = self.dispatched.get(event.cell_id)
+        worker = self.workers.get(event.worker_id)
+        if cell is None or self.running.get(event.cell_id) != event.worker_id:
+            return
+        self._end_cell(event.cell_id)
+        cell.position = 0
+        queue = self.queues[cell.pool]
+        # Back to its place in submission order: its session's later cells must not overtake it.
+        index = next((i for i, other in enumerate(queue) if other.seq > cell.seq), len(queue))
+        queue.insert(index, cell)
+        if worker is not None:
+            if worker.cell == event.cell_id:
+                worker.state, worker.cell = WorkerState.IDLE, None
+            self._disconnect(worker, event.now, out)
+        self._pump(cell.pool, event.now, out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import os
 import tempfile
@@ -31,7 +32,6 @@ from gpucell.settings import ENV_TLS_CA
 log = logging.getLogger("gpucell.broker")
 
 TICK_S = 0.1
-DROPPED_REASON_GRACE_S = 3.0  # within the 5 s a lost worker's cell may take to fail
 
 
 def _bearer(context: aio.ServicerContext) -> str:
@@ -50,8 +50,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.worker_token = worker_token
         self.address = ""
         self.scheduler = sch.Scheduler({
-            label: sch.PoolLimits(p.min_warm, p.max_workers, p.idle_timeout, p.max_workers_per_session)
-            for label, p in config.pools.items()})
+            label: sch.PoolLimits(p.min_warm, p.max_workers, p.idle_timeout, p.max_workers_per_session,
+                                  p.memory_limit_mb)
+            for label, p in config.pools.items()},
+            heartbeat_timeout=config.heartbeat_timeout, start_timeout=config.worker_start_timeout)
         self.cells: dict[str, CellRun] = {}
         self.conns: dict[str, WorkerConn] = {}
         self.launches: dict[str, LaunchRecord] = {}
@@ -63,7 +65,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.gone_reasons: dict[str, str] = {}           # worker -> why it went (the last 1,000)
-        self._parked: list[tuple[CellRun, str]] = []   # cells dispatched to a worker whose stream had dropped
+        self._stopped: set[str] = set()                  # workers the broker stopped: their reason stays
+        self._stimuli = itertools.count(1)
         self._last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------ lifecycle
@@ -76,11 +79,11 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         if self.config.metrics_port >= 0:
             self.metrics.serve(self.config.host, self.config.metrics_port)
         # Usage survives a broker restart: earlier intervals come back from the journal.
-        for (session, pool), seconds in self.journal.usage_totals().items():
-            self.scheduler.usage[(session, pool)] = self.scheduler.usage.get((session, pool), 0.0) + seconds
+        restored = tuple((session, pool, seconds) for (session, pool), seconds in self.journal.usage_totals().items())
+        self.handle(sch.UsageRestored(restored, time.monotonic(), stimulus_id=self.stimulus("journal")))
         self.session_names.update(self.journal.session_names())
         self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
-        self.apply(self.scheduler.handle(sch.Tick(time.monotonic())))
+        self.handle(sch.Tick(time.monotonic(), stimulus_id=self.stimulus("tick")))
 
     async def close(self) -> None:
         if self._ticker:
@@ -160,9 +163,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.cells[request.cell_id] = run
         if notice:
             run.push(pb.CellEvent(cell_id=request.cell_id, time=time.time(), notice=pb.Notice(text=notice)))
-        self.apply(self.scheduler.handle(sch.CellSubmitted(
+        self.handle(sch.CellSubmitted(
             request.cell_id, request.session_id, pool, now, fresh=request.options.fresh,
-            idle_timeout=request.options.idle_s or None, owner=request.owner)))
+            idle_timeout=request.options.idle_s or None, owner=request.owner, timeout=request.options.timeout_s,
+            stimulus_id=self.stimulus(f"submit-{request.cell_id}")))
         async for event in self._follow(run, 0):
             yield event
 
@@ -247,15 +251,16 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 await Abort(grpc.StatusCode.PERMISSION_DENIED, pb.REASON_NOT_OWNER,
                             f"worker {request.worker_id} does not belong to this session").send(context)
             session = owner
-        instructions = self.scheduler.handle(sch.ReleaseRequested(
-            session, time.monotonic(), pool=pool, worker_id=request.worker_id or None))
-        self.apply(instructions)
+        instructions = self.handle(sch.ReleaseRequested(
+            session, time.monotonic(), pool=pool, worker_id=request.worker_id or None,
+            stimulus_id=self.stimulus("release")))
         return pb.WorkerReleaseResponse(released=[i.worker_id for i in instructions if isinstance(i, sch.Terminate)])
 
     async def SessionClose(self, request: pb.SessionCloseRequest,
                            context: aio.ServicerContext) -> pb.SessionCloseResponse:
         await self._check_or_abort(context)
-        self.apply(self.scheduler.handle(sch.SessionClosed(request.session_id, time.monotonic())))
+        self.handle(sch.SessionClosed(request.session_id, time.monotonic(),
+                                      stimulus_id=self.stimulus(f"close-{request.session_id}")))
         return pb.SessionCloseResponse()
 
     async def _check_or_abort(self, context: aio.ServicerContext) -> None:
@@ -294,11 +299,11 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             self.launches[reg.worker_id].ready = now
             self.metrics.cold_start.labels(self.launches[reg.worker_id].pool).observe(
                 now - self.launches[reg.worker_id].launched)
-            self.apply(self.scheduler.handle(sch.WorkerReady(reg.worker_id, now)))
+            self.handle(sch.WorkerReady(reg.worker_id, now, stimulus_id=self.stimulus(f"ready-{reg.worker_id}")))
         else:
             pool = next((p for p in self.config.pools if p.lower() == reg.hardware.lower()), reg.hardware)
             conn.pool = pool
-            self.apply(self.scheduler.handle(sch.WorkerJoined(reg.worker_id, pool, now)))
+            self.handle(sch.WorkerJoined(reg.worker_id, pool, now, stimulus_id=self.stimulus(f"join-{reg.worker_id}")))
         reader = asyncio.get_running_loop().create_task(self._read_worker(conn, request_iterator))
         try:
             while True:
@@ -310,51 +315,28 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             reader.cancel()
             if self.conns.get(conn.worker_id) is conn:
                 del self.conns[conn.worker_id]
-                record = self.launches.get(conn.worker_id)
-                if record is None:
-                    self._worker_gone(sch.WorkerGone(conn.worker_id, time.monotonic(), "worker disconnected"))
-                else:
-                    # Its provisioner usually knows better than a dropped stream why (killed by a
-                    # signal, its node died): give the tick loop's poll a moment to say so.
-                    self._spawn(self._worker_dropped(conn.worker_id, record))
-
-    async def _worker_dropped(self, worker_id: str, record: LaunchRecord) -> None:
-        deadline = time.monotonic() + DROPPED_REASON_GRACE_S
-        while self.launches.get(worker_id) is record and time.monotonic() < deadline:
-            await asyncio.sleep(TICK_S)  # a bounded wait for the provisioner's reason
-        if self.launches.get(worker_id) is record:
-            self._worker_gone(sch.WorkerGone(worker_id, time.monotonic(), "worker disconnected"))
+                # A launched worker's provisioner usually knows better why (killed by a signal, its node
+                # died): the scheduler gives the tick loop's poll a grace to say so.
+                self.handle(sch.WorkerDisconnected(conn.worker_id, time.monotonic(),
+                                                   stimulus_id=self.stimulus(f"dropped-{conn.worker_id}")))
 
     async def _read_worker(self, conn: WorkerConn, messages: AsyncIterator[pb.WorkerMessage]) -> None:
         try:
             async for message in messages:
-                conn.last_seen = time.monotonic()
                 kind = message.WhichOneof("kind")
+                rss = message.heartbeat.rss if kind == "heartbeat" else 0
+                self.handle(sch.WorkerHeartbeat(conn.worker_id, time.monotonic(), rss,
+                                                stimulus_id=f"heard-{conn.worker_id}"))
                 if kind == "event":
                     self._on_worker_event(conn, message.event)
                 elif kind == "lane":
                     self._on_lane(conn, message.lane)
-                elif kind == "heartbeat":
-                    self._check_memory(conn, message.heartbeat.rss)
-                    if message.heartbeat.gpus:
-                        conn.gpus = list(message.heartbeat.gpus)
+                elif kind == "heartbeat" and message.heartbeat.gpus:
+                    conn.gpus = list(message.heartbeat.gpus)
         except (asyncio.CancelledError, aio.AioRpcError, grpc.RpcError):
             pass
         finally:
             conn.outbox.put_nowait(None)
-
-    def _check_memory(self, conn: WorkerConn, rss: int) -> None:
-        pool = self.config.pools.get(conn.pool)
-        limit = pool.memory_limit_mb if pool else 0
-        if limit and rss > limit * 1_000_000 and self.conns.get(conn.worker_id) is conn:
-            reason = (f"worker exceeded its memory limit ({rss / 1e6:.0f} MB > {limit} MB, "
-                      f"memory_limit_mb of pool {conn.pool}) and was stopped")
-            self.conns.pop(conn.worker_id, None)
-            conn.outbox.put_nowait(None)
-            record = self.launches.pop(conn.worker_id, None)
-            if record is not None:
-                self._spawn(record.provisioner.terminate(conn.worker_id, grace_s=0.0))
-            self._worker_gone(sch.WorkerGone(conn.worker_id, time.monotonic(), reason))
 
     def _on_worker_event(self, conn: WorkerConn, event: pb.CellEvent) -> None:
         run = self.cells.get(event.cell_id)
@@ -363,22 +345,33 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         kind = event.WhichOneof("kind")
         if kind == "error" and run.timed_out:
             event.error.kind = pb.Error.TIMEOUT
-            event.error.evalue = f"the cell ran past its --timeout of {run.request.options.timeout_s:g}s and was stopped"
+            event.error.evalue = sch.timeout_reason(run.request.options.timeout_s)
         if kind == "finished":
             event.finished.queue_s = max(0.0, run.dispatched - run.submitted - run.cold_start_s)
             event.finished.cold_start_s = run.cold_start_s
             self._complete(run, event)
-            self.apply(self.scheduler.handle(sch.CellFinished(run.request.cell_id, time.monotonic())))
+            self.handle(sch.CellFinished(run.request.cell_id, time.monotonic(),
+                                         stimulus_id=self.stimulus(f"finished-{run.request.cell_id}")))
             return
         if kind == "error":
             run.outcome = shown(pb.Error.Kind, event.error.kind, default="user")
         run.push(event)
 
     def _worker_gone(self, event: sch.WorkerGone) -> None:
-        self.gone_reasons[event.worker_id] = event.reason
+        self._note_gone(event.worker_id, event.reason)
+        self.handle(event)
+
+    def _note_gone(self, worker_id: str, reason: str, stopped: bool = False) -> None:
+        """Why a worker went, for a lane cell reported later. A reason the broker stopped it for (silence,
+        memory) is what its cells were told; the exit status its provisioner reports afterwards does not replace it."""
+        if worker_id in self._stopped:
+            return
+        self.gone_reasons[worker_id] = reason
+        if stopped:
+            self._stopped.add(worker_id)
         while len(self.gone_reasons) > 1000:
-            del self.gone_reasons[next(iter(self.gone_reasons))]
-        self.apply(self.scheduler.handle(event))
+            self._stopped.discard(oldest := next(iter(self.gone_reasons)))
+            del self.gone_reasons[oldest]
 
     def _lane_run_lost(self, request: pb.CellAttachRequest) -> CellRun | None:
         """The client lost a lane cell we may never have heard of (short cells are reported when they end)."""
@@ -399,7 +392,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             reason = self.gone_reasons.get(worker_id, "it was released or lost as the cell ran")
             self._fail(run, reason if reason.startswith("worker lost") else f"worker lost: {reason}", "worker_lost")
         else:
-            self.apply(self.scheduler.handle(sch.LaneCellStarted(cell_id, worker_id, now)))
+            self.handle(sch.LaneCellStarted(cell_id, worker_id, now, stimulus_id=self.stimulus(f"lane-{cell_id}")))
         return run
 
     def _on_lane(self, conn: WorkerConn, activity: pb.LaneActivity) -> None:
@@ -408,26 +401,53 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         if activity.finished:
             if activity.cell_id not in self.cells:
                 # A short cell is reported once, when it ends: it ran, so the idle clock restarts now.
-                self.apply(self.scheduler.handle(sch.LaneCellStarted(activity.cell_id, conn.worker_id, now)))
+                self.handle(sch.LaneCellStarted(activity.cell_id, conn.worker_id, now,
+                                                stimulus_id=self.stimulus(f"lane-{activity.cell_id}")))
             run = self.cells.pop(activity.cell_id, None)
             if run is not None and not run.done:
                 run.done = True
                 self.metrics.cells.labels(run.pool, "ok" if activity.ok else "user").inc()
                 run.close()
-            self.apply(self.scheduler.handle(sch.CellFinished(activity.cell_id, now)))
+            self.handle(sch.CellFinished(activity.cell_id, now, stimulus_id=self.stimulus(f"lane-done-{activity.cell_id}")))
         elif activity.cell_id not in self.cells:
             self._lane_run(activity.session_id, activity.cell_id, conn.worker_id, now)
 
     # ------------------------------------------------------------ instructions -> I/O
 
+    def stimulus(self, what: str) -> str:
+        """A new stimulus id: the broker's log lines name it for every instruction the event caused."""
+        return f"{what}-{next(self._stimuli)}"
+
+    def handle(self, event: sch.Event) -> list[sch.Instruction]:
+        instructions = self.scheduler.handle(event)
+        self.apply(instructions)
+        return instructions
+
     def apply(self, instructions: list[sch.Instruction]) -> None:
         for ins in instructions:
+            log.info("%s: %r", ins.stimulus_id, ins)
             if isinstance(ins, sch.Launch):
                 self._spawn(self._launch(ins.worker_id, ins.pool))
             elif isinstance(ins, sch.Dispatch):
                 self._dispatch(ins)
             elif isinstance(ins, sch.Terminate):
                 self._spawn(self._terminate(ins.worker_id, ins.reason))
+                # Lane cells the scheduler never saw (queued behind another on this worker) go with it.
+                for lost in [r for r in self.cells.values() if r.worker_id == ins.worker_id and not r.done]:
+                    self._fail(lost, f"worker lost: {ins.reason}", "timeout" if lost.timed_out else "worker_lost")
+            elif isinstance(ins, sch.WorkerLost):
+                self._note_gone(ins.worker_id, ins.reason, stopped=ins.stop_grace_s is not None)
+                conn = self.conns.pop(ins.worker_id, None)
+                if conn is not None:
+                    conn.outbox.put_nowait(None)
+                record = self.launches.get(ins.worker_id)
+                if record is not None and ins.stop_grace_s is not None:
+                    self._spawn(record.provisioner.terminate(ins.worker_id, grace_s=ins.stop_grace_s))
+            elif isinstance(ins, sch.InterruptCell):
+                run = self.cells.get(ins.cell_id)
+                if run is not None and not run.done:
+                    run.timed_out = True
+                    self._send_cancel(run)
             elif isinstance(ins, sch.FailCell):
                 run = self.cells.get(ins.cell_id)
                 if run is not None and not run.done:
@@ -471,18 +491,19 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         except Exception as exc:  # any launch failure fails the waiting cell with its reason (logged)
             log.exception("launch of %s failed", worker_id)
             self.launches.pop(worker_id, None)
-            self._worker_gone(sch.WorkerGone(worker_id, time.monotonic(), f"launch failed: {exc}"))
+            self._worker_gone(sch.WorkerGone(worker_id, time.monotonic(), f"launch failed: {exc}",
+                                             stimulus_id=self.stimulus(f"launch-failed-{worker_id}")))
 
     def _dispatch(self, ins: sch.Dispatch) -> None:
         run = self.cells.get(ins.cell_id)
         conn = self.conns.get(ins.worker_id)
-        if run is None or conn is None:
-            # Client vanished between queueing and dispatch: free the worker again. Or the worker's
-            # connection just dropped and the broker is still learning why: the cell waits until the
-            # worker is declared gone, then goes to a new one, as a cell queued behind it would.
-            self.apply(self.scheduler.handle(sch.CellFinished(ins.cell_id, time.monotonic())))
-            if run is not None:
-                self._parked.append((run, ins.worker_id))
+        if run is None:
+            # Client vanished between queueing and dispatch: free the worker again.
+            self.handle(sch.CellFinished(ins.cell_id, time.monotonic(), stimulus_id=ins.stimulus_id))
+            return
+        if conn is None:
+            # The worker's stream just dropped: the cell waits for the scheduler to learn why.
+            self.handle(sch.CellUndelivered(ins.cell_id, ins.worker_id, time.monotonic(), stimulus_id=ins.stimulus_id))
             return
         now = time.monotonic()
         run.worker_id = ins.worker_id
@@ -501,22 +522,6 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
             started.lane_address, started.lane_ticket = conn.lane_address, conn.lane_ticket
             started.idle_timeout_s = worker.idle_timeout
         run.push(pb.CellEvent(cell_id=ins.cell_id, time=time.time(), started=started))
-        timeout = run.request.options.timeout_s
-        if timeout > 0:
-            run.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout, run)
-
-    def _on_timeout(self, run: CellRun) -> None:
-        if run.done:
-            return
-        run.timed_out = True
-        self._send_cancel(run)
-        # A cell that ignores the interrupt loses its worker after a grace period.
-        asyncio.get_running_loop().call_later(5.0, self._release_stuck, run)
-
-    def _release_stuck(self, run: CellRun) -> None:
-        if not run.done and run.worker_id:
-            self.apply(self.scheduler.handle(sch.ReleaseRequested(
-                run.request.session_id, time.monotonic(), worker_id=run.worker_id)))
 
     async def _terminate(self, worker_id: str, reason: str) -> None:
         conn = self.conns.get(worker_id)
@@ -538,12 +543,11 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         if run.worker_id:
             self._send_cancel(run)
         else:
-            self.apply(self.scheduler.handle(sch.CellWithdrawn(run.request.cell_id, time.monotonic())))
+            self.handle(sch.CellWithdrawn(run.request.cell_id, time.monotonic(),
+                                          stimulus_id=self.stimulus(f"withdraw-{run.request.cell_id}")))
 
     def _complete(self, run: CellRun, finished: pb.CellEvent) -> None:
         run.done = True
-        if run.timer:
-            run.timer.cancel()
         outcome = "ok" if finished.finished.ok else ("timeout" if run.timed_out else run.outcome)
         self.metrics.cells.labels(run.pool, outcome).inc()
         run.push(finished)
@@ -557,24 +561,12 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         """End a cell with an error the broker made: no remote exception, so no ename; the client raises
         the class its table gives the kind (a scheduler kind such as "worker_lost" names an Error.Kind)."""
         if kind == "timeout":
-            reason = f"the cell ran past its --timeout of {run.request.options.timeout_s:g}s and was stopped"
+            reason = sch.timeout_reason(run.request.options.timeout_s)
         run.outcome = kind
         run.push(pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
                               error=pb.Error(evalue=reason, kind=parsed(pb.Error.Kind, kind))))
         self._complete(run, pb.CellEvent(cell_id=run.request.cell_id, time=time.time(),
                                          finished=pb.Finished(ok=False)))
-
-    def _resubmit_parked(self, now: float) -> None:
-        for run, worker_id in list(self._parked):
-            worker = self.scheduler.workers.get(worker_id)
-            if worker is not None and worker.state is not sch.WorkerState.RELEASING and worker_id not in self.conns:
-                continue  # still deciding about that worker
-            self._parked.remove((run, worker_id))
-            request = run.request
-            if self.cells.get(request.cell_id) is run and not run.done:
-                self.apply(self.scheduler.handle(sch.CellSubmitted(
-                    request.cell_id, request.session_id, run.pool, now, fresh=request.options.fresh,
-                    idle_timeout=request.options.idle_s or None, owner=request.owner)))
 
     # ------------------------------------------------------------ housekeeping
 
@@ -587,8 +579,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 log.exception("tick failed")
 
     async def _tick(self) -> None:
-        now = time.monotonic()
-        self._resubmit_parked(now)
+        """Ask the provisioners which processes ended, then let the scheduler see the time."""
         for worker_id, record in list(self.launches.items()):
             reason = await record.provisioner.poll(worker_id)
             if reason is not None:
@@ -596,21 +587,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 conn = self.conns.pop(worker_id, None)
                 if conn is not None:
                     conn.outbox.put_nowait(None)
-                self._worker_gone(sch.WorkerGone(worker_id, now, reason))
-            elif not record.ready and now - record.launched > self.config.worker_start_timeout:
-                await record.provisioner.terminate(worker_id, grace_s=0.5)
-                self._worker_gone(sch.WorkerGone(
-                    worker_id, now, f"did not register within {self.config.worker_start_timeout:g}s"))
-        for conn in list(self.conns.values()):
-            if now - conn.last_seen > self.config.heartbeat_timeout:
-                self.conns.pop(conn.worker_id, None)
-                conn.outbox.put_nowait(None)
-                record = self.launches.get(conn.worker_id)
-                if record is not None:
-                    await record.provisioner.terminate(conn.worker_id, grace_s=0.5)
-                self._worker_gone(sch.WorkerGone(
-                    conn.worker_id, now, f"no heartbeat for {self.config.heartbeat_timeout:g}s"))
-        self.apply(self.scheduler.handle(sch.Tick(now)))
+                self._worker_gone(sch.WorkerGone(worker_id, time.monotonic(), reason,
+                                                 stimulus_id=self.stimulus(f"exited-{worker_id}")))
+        now = time.monotonic()
+        self.handle(sch.Tick(now, stimulus_id=self.stimulus("tick")))
         self._update_gauges()
         if now - self._last_checkpoint > 5.0:
             self._checkpoint_usage()
@@ -618,13 +598,9 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
     def _checkpoint_usage(self) -> None:
         """Open intervals (workers still assigned) are written every few seconds, so a crash loses little."""
         self._last_checkpoint = time.monotonic()
-        open_intervals = []
-        for w in self.scheduler.workers.values():
-            if w.session is not None and w.assigned_at is not None and w.state is not sch.WorkerState.RELEASING:
-                pool_cfg = self.config.pools.get(w.pool)
-                open_intervals.append((w.session, w.pool, w.id, self._last_checkpoint - w.assigned_at,
-                                       pool_cfg.price_per_hour if pool_cfg else 0.0))
-        self.journal.checkpoint_open(open_intervals)
+        self.journal.checkpoint_open([
+            (session, pool, worker_id, seconds, self.config.pools[pool].price_per_hour if pool in self.config.pools else 0.0)
+            for session, pool, worker_id, seconds in self.scheduler.open_intervals(self._last_checkpoint)])
 
     def _update_gauges(self) -> None:
         for label in self.config.pools:
