@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from gpucell.client.namespace_update import NamespaceUpdate, apply_update, inline_parts, plan_update, to_fetch
-from gpucell.client.request import INLINE_LIMIT, CellOptions, build_request, cell_names
+from gpucell.client.request import CellOptions, build_request, cell_names
 from gpucell.client.sink import ForwardingSink, Sink
 from gpucell.errors import ConfigError, RemoteRefError, SerializationError
 from gpucell.namespace import serialize
 from gpucell.namespace.remote_ref import RemoteRef
+from gpucell.namespace.transfer import INLINE_LIMIT
 from gpucell.protocol import gpucell_pb2 as pb
 
 

@@ -12,9 +12,9 @@ from gpucell.errors import ConfigError, RemoteRefError, SerializationError
 from gpucell.namespace import serialize
 from gpucell.namespace.analysis import CellNames, CellSyntaxError, analyze
 from gpucell.namespace.remote_ref import RemoteRef
+from gpucell.namespace.transfer import INLINE_LIMIT
 from gpucell.protocol import gpucell_pb2 as pb
 
-INLINE_LIMIT = 1 << 20   # larger inputs wait until the worker says it lacks them, then go by raw TCP
 _PYTHON = ".".join(platform.python_version().split(".")[:2])
 
 
@@ -109,4 +109,4 @@ def _check_python(name: str, value: Any, hardware: str, worker_python: str) -> N
                                  "by-value functions need the same minor version")
 
 
-__all__ = ["INLINE_LIMIT", "CellOptions", "OutgoingCell", "build_request", "cell_names"]
+__all__ = ["CellOptions", "OutgoingCell", "build_request", "cell_names"]

@@ -22,7 +22,7 @@ from gpucell.client.sink import Sink
 from gpucell import settings as gpucell_settings
 from gpucell.errors import ConfigError, RemoteRefError
 from gpucell.magics.status_view import status_html, status_text
-from gpucell.namespace.remote_ref import RemoteRef
+from gpucell.namespace.remote_ref import RETURN_LIMIT_MB, RemoteRef
 
 _HIDDEN = {"In", "Out", "get_ipython", "exit", "quit", "_", "__", "___", "_ih", "_oh", "_dh", "_ii", "_iii"}
 
@@ -33,7 +33,7 @@ class GPUCell(Configurable):
     default_hardware = Unicode("", help="hardware for a bare %%gpu; empty: the broker's default").tag(config=True)
     strict = Bool(False, help="error instead of CPU fallback when the hardware is absent").tag(config=True)
     timeout = Float(0.0, help="default --timeout in seconds (0: none)").tag(config=True)
-    return_limit_mb = Int(256, help="values larger than this stay on the worker as RemoteRefs").tag(config=True)
+    return_limit_mb = Int(RETURN_LIMIT_MB, help="values larger than this stay on the worker as RemoteRefs").tag(config=True)
 
 
 class NotebookSink(Sink):

@@ -6,6 +6,9 @@ from typing import Any, NoReturn
 
 from gpucell.errors import RemoteRefError
 
+# A returned value larger than this (in MB, 10**6 bytes) stays on the worker as a RemoteRef, unless the cell says otherwise.
+RETURN_LIMIT_MB = 256
+
 
 class RemoteRefAccessError(RemoteRefError, AttributeError):
     """Raised for attribute access on a RemoteRef (an AttributeError, so hasattr() stays sane)."""

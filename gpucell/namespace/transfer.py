@@ -38,6 +38,8 @@ from gpucell.namespace.serialize import Packed
 _LEN = struct.Struct("!Q")
 CHUNK = 4 * 1024 * 1024
 MMAP_MIN = 1 << 20
+# A value larger than this travels over this path, not inside a gRPC message (client inputs, worker outputs alike).
+INLINE_LIMIT = 1 << 20
 ALIGN = 64            # each part starts 64-byte aligned in shared memory: numpy's and SIMD's preference
 PAGE = mmap.PAGESIZE
 WRITE_CHUNK = 64 << 20

@@ -20,7 +20,8 @@ import grpc
 
 from gpucell import hardware, settings
 from gpucell.namespace import serialize
-from gpucell.namespace.transfer import DataServer, SharedCopy, boot_id
+from gpucell.namespace.remote_ref import RETURN_LIMIT_MB
+from gpucell.namespace.transfer import INLINE_LIMIT, DataServer, SharedCopy, boot_id
 from gpucell.process import Members, die_with_parent
 from gpucell.protocol import PROTOCOL_VERSION
 from gpucell.protocol import gpucell_pb2 as pb
@@ -29,8 +30,6 @@ from gpucell.protocol.channels import open_channel
 from gpucell.remote_kernel.lane import LaneActivityReporter, LaneOut, LaneServer
 from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
 
-DEFAULT_RETURN_LIMIT = 256 * 1024 * 1024
-INLINE_LIMIT = 1 << 20           # larger values travel over the bulk data path
 TRANSFER_TIMEOUT_S = 600.0
 HEARTBEAT_S = 1.0
 _GPU_FIELDS = {"name", "uuid", "memory_total", "memory_used", "utilization", "label"}
@@ -305,7 +304,7 @@ class Worker:
         mine: set[str] = set()
         moving: list[tuple[str, str, SharedCopy]] = []
         sent = 0
-        limit = req.options.return_limit or DEFAULT_RETURN_LIMIT
+        limit = req.options.return_limit or RETURN_LIMIT_MB * 1_000_000
         names = list(req.assigns) + [n for n in inputs if n not in req.assigns]
         for name in names:
             if name not in ns:
