@@ -23,7 +23,7 @@ def _no_cells_ran(cluster: Cluster) -> bool:
     return all(p["workers"] == [] for p in cluster.status()["pools"].values())
 
 
-def test_syntax_error_names_the_line(shell, cluster: Cluster) -> None:  # type: ignore[no-untyped-def]
+def test_syntax_error_names_the_line(shell: InteractiveShell, cluster: Cluster) -> None:
     shell.user_ns["a"] = 1
     before = dict(shell.user_ns)
     with pytest.raises(ConfigError, match=r"line 2") as info:
@@ -33,7 +33,7 @@ def test_syntax_error_names_the_line(shell, cluster: Cluster) -> None:  # type: 
     assert _no_cells_ran(cluster)
 
 
-def test_unknown_label_lists_the_known_ones(shell, cluster: Cluster) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_label_lists_the_known_ones(shell: InteractiveShell, cluster: Cluster) -> None:
     with pytest.raises(UnknownHardwareError) as info:
         shell.run_cell_magic("gpu", "A10O", "x = 1\n")
     message = str(info.value)
@@ -42,7 +42,7 @@ def test_unknown_label_lists_the_known_ones(shell, cluster: Cluster) -> None:  #
     assert _no_cells_ran(cluster)
 
 
-def test_unpicklable_input_names_variable_and_type(shell, cluster: Cluster) -> None:  # type: ignore[no-untyped-def]
+def test_unpicklable_input_names_variable_and_type(shell: InteractiveShell, cluster: Cluster) -> None:
     shell.user_ns["stream"] = (i for i in range(3))
     shell.user_ns["fine"] = 5
     with pytest.raises(SerializationError) as info:
@@ -58,7 +58,7 @@ def test_unpicklable_input_names_variable_and_type(shell, cluster: Cluster) -> N
     ("cpu --env NOEQUALS", "--env"),
     ("cpu --pull 'a b'", "--pull"),
 ])
-def test_bad_options_are_named(shell, line: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_options_are_named(shell: InteractiveShell, line: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         shell.run_cell_magic("gpu", line, "x = 1\n")
     assert "x" not in shell.user_ns

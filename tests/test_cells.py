@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import _thread
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 from conftest import Cluster, RecordingSink, magics_of, make_cluster, wait_for
 from gpucell import RemoteError, RemoteRef
@@ -14,11 +17,11 @@ from gpucell.client.session import CellOptions, Session
 from gpucell.errors import CellTimeoutError
 
 
-def run(sh, line: str, cell: str):  # type: ignore[no-untyped-def]
+def run(sh: InteractiveShell, line: str, cell: str) -> Any:
     return sh.run_cell_magic("gpu", line, cell)
 
 
-def test_values_travel_in_and_out(shell) -> None:  # type: ignore[no-untyped-def]
+def test_values_travel_in_and_out(shell: InteractiveShell) -> None:
     shell.user_ns.update(n=41, arr=np.arange(6).reshape(2, 3), cfg={"lr": 0.1, "tags": ["a"]}, scale=10)
     shell.run_cell("def helper(x):\n    return x * scale\n")
     run(shell, "A100", "m = n + 1\ndoubled = arr * 2\ncfg2 = dict(cfg, lr=cfg['lr'] * 2)\nh = helper(3)\n")
@@ -28,7 +31,7 @@ def test_values_travel_in_and_out(shell) -> None:  # type: ignore[no-untyped-def
     assert shell.user_ns["h"] == 30
 
 
-def test_output_streams_before_the_cell_ends(shell) -> None:  # type: ignore[no-untyped-def]
+def test_output_streams_before_the_cell_ends(shell: InteractiveShell) -> None:
     sink = RecordingSink()
     magics_of(shell).sink = sink
     run(shell, "cpu", "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second')\n")
@@ -40,7 +43,7 @@ def test_output_streams_before_the_cell_ends(shell) -> None:  # type: ignore[no-
     assert second_at - first_at > 1.0
 
 
-def test_plot_arrives_as_png_and_last_value_as_result(shell) -> None:  # type: ignore[no-untyped-def]
+def test_plot_arrives_as_png_and_last_value_as_result(shell: InteractiveShell) -> None:
     sink = RecordingSink()
     magics_of(shell).sink = sink
     run(shell, "cpu", "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\n6 * 7\n")
@@ -50,7 +53,7 @@ def test_plot_arrives_as_png_and_last_value_as_result(shell) -> None:  # type: i
     assert results and results[-1]["text/plain"] == "42"
 
 
-def test_remote_error_names_the_remote_line(shell) -> None:  # type: ignore[no-untyped-def]
+def test_remote_error_names_the_remote_line(shell: InteractiveShell) -> None:
     shell.user_ns["keep_me"] = 1
     with pytest.raises(RemoteError) as info:
         run(shell, "cpu", "x = 1\nkeep_me = 2\ny = undefined_thing + 1\n")
@@ -60,13 +63,13 @@ def test_remote_error_names_the_remote_line(shell) -> None:  # type: ignore[no-u
     assert shell.user_ns["keep_me"] == 1 and "x" not in shell.user_ns
 
 
-def test_run_cell_shows_error_and_stops(shell) -> None:  # type: ignore[no-untyped-def]
+def test_run_cell_shows_error_and_stops(shell: InteractiveShell) -> None:
     result = shell.run_cell("%%gpu cpu\nraise ValueError('bad value 7')\n")
     assert isinstance(result.error_in_exec, RemoteError)
     assert "bad value 7" in str(result.error_in_exec)
 
 
-def test_interrupt_cancels_remote_cell_and_keeps_worker_state(shell, cluster: Cluster) -> None:  # type: ignore[no-untyped-def]
+def test_interrupt_cancels_remote_cell_and_keeps_worker_state(shell: InteractiveShell, cluster: Cluster) -> None:
     run(shell, "cpu", "import os\nstate = 'kept'\npid = os.getpid()\n")
     worker_pid = shell.user_ns["pid"]
     # The interrupt is raised in the notebook's main thread once the remote loop is provably running.
@@ -81,14 +84,14 @@ def test_interrupt_cancels_remote_cell_and_keeps_worker_state(shell, cluster: Cl
     assert busy == []
 
 
-def test_remote_state_persists_between_cells(shell) -> None:  # type: ignore[no-untyped-def]
+def test_remote_state_persists_between_cells(shell: InteractiveShell) -> None:
     run(shell, "cpu", "gen = (i * i for i in range(5))\nfirst = next(gen)\n")
     assert isinstance(shell.user_ns["gen"], RemoteRef)  # a generator cannot travel: it stays remote
     run(shell, "cpu", "second = next(gen)\n")
     assert (shell.user_ns["first"], shell.user_ns["second"]) == (0, 1)
 
 
-def test_bang_commands_and_line_magics_work_remotely(shell) -> None:  # type: ignore[no-untyped-def]
+def test_bang_commands_and_line_magics_work_remotely(shell: InteractiveShell) -> None:
     sink = RecordingSink()
     magics_of(shell).sink = sink
     run(shell, "cpu", "!echo from-shell\n%timeit -n1 -r1 pass\n")
@@ -96,26 +99,26 @@ def test_bang_commands_and_line_magics_work_remotely(shell) -> None:  # type: ig
     assert "from-shell" in out and "loop" in out
 
 
-def test_timeout_stops_the_cell(shell) -> None:  # type: ignore[no-untyped-def]
+def test_timeout_stops_the_cell(shell: InteractiveShell) -> None:
     with pytest.raises(CellTimeoutError, match="--timeout of 1s"):
         run(shell, "cpu --timeout 1", "import time\ntime.sleep(60)\n")
     run(shell, "cpu", "alive = True\n")
     assert shell.user_ns["alive"] is True
 
 
-def test_fresh_gives_a_new_worker(shell) -> None:  # type: ignore[no-untyped-def]
+def test_fresh_gives_a_new_worker(shell: InteractiveShell) -> None:
     run(shell, "cpu", "import os\np1 = os.getpid()\nmarker = 1\n")
     run(shell, "cpu --fresh", "import os\np2 = os.getpid()\nseen = 'marker' in globals()\n")
     assert shell.user_ns["p1"] != shell.user_ns["p2"]
     assert shell.user_ns["seen"] is False
 
 
-def test_env_option_sets_worker_environment(shell) -> None:  # type: ignore[no-untyped-def]
+def test_env_option_sets_worker_environment(shell: InteractiveShell) -> None:
     run(shell, "cpu --env MODE=fast --env LEVEL=3", "import os\nenv = (os.environ['MODE'], os.environ['LEVEL'])\n")
     assert shell.user_ns["env"] == ("fast", "3")
 
 
-def test_idle_worker_released_and_status_shows_zero(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_idle_worker_released_and_status_shows_zero(tmp_path: Path) -> None:
     pools = "[pools.cpu]\nsimulate = true\nmax_workers = 2\nidle_timeout = 1.0\n"
     with make_cluster(tmp_path, pools) as cluster:
         client = cluster.client()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
@@ -92,7 +93,7 @@ OPTION_WORDS = st.sampled_from(["cpu", "A100", "T4", "--timeout", "--idle", "--p
                                 "--bogus", "'", '"', "A100:2", "A100:x", ""])
 
 
-def test_option_strings_to_the_magic_parser(shell) -> None:  # type: ignore[no-untyped-def]
+def test_option_strings_to_the_magic_parser(shell: InteractiveShell) -> None:
     magics = magics_of(shell)
     count = {"n": 0}
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 from jupyter_client.manager import KernelManager
 
 from conftest import pid_alive, wait_for
@@ -180,7 +181,7 @@ def test_a_killed_worker_leaves_no_process_of_its_cells(kernel: Kernel, tmp_path
     wait_for(lambda: not pid_alive(child_pid), timeout=5, what="the cell's subprocess to end with its worker")
 
 
-def test_a_released_worker_takes_what_its_cells_started(shell) -> None:  # type: ignore[no-untyped-def]
+def test_a_released_worker_takes_what_its_cells_started(shell: InteractiveShell) -> None:
     shell.run_cell_magic("gpu", "cpu", "import subprocess\nchild = subprocess.Popen(['sh', '-c', 'trap \"\" TERM INT; "
                                        "sleep 600'])\nchild_pid = child.pid")
     child_pid = shell.user_ns["child_pid"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 from conftest import Cluster, RecordingSink, magics_of, make_cluster, wait_for
 from gpucell.client.session import CellOptions, CellReport, Session
@@ -29,7 +30,7 @@ def _workers(cluster: Cluster) -> list[dict[str, Any]]:
     return [w for p in cluster.status()["pools"].values() for w in p["workers"]]
 
 
-def test_warm_cells_take_the_lane_and_options_that_need_the_broker_do_not(shell) -> None:  # type: ignore[no-untyped-def]
+def test_warm_cells_take_the_lane_and_options_that_need_the_broker_do_not(shell: InteractiveShell) -> None:
     session = magics_of(shell).session
     shell.run_cell_magic("gpu", "cpu", "import os\npid = os.getpid()\nstate = 41\n")
     assert not session.last_report.lane                        # the first cell: the broker assigns a worker
@@ -70,7 +71,7 @@ def test_a_lane_cell_keeps_its_worker_busy_past_the_idle_timeout(tmp_path: Path)
         session.close()
 
 
-def test_interrupting_a_lane_cell_keeps_the_worker_and_its_state(shell, cluster: Cluster) -> None:  # type: ignore[no-untyped-def]
+def test_interrupting_a_lane_cell_keeps_the_worker_and_its_state(shell: InteractiveShell, cluster: Cluster) -> None:
     shell.run_cell_magic("gpu", "cpu", "import os\nstate = 'kept'\npid = os.getpid()\n")
     magics_of(shell).sink = RecordingSink(on_text=lambda text: _thread.interrupt_main() if "looping" in text else None)
     with pytest.raises(KeyboardInterrupt):

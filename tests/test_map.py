@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 import gpucell
 from conftest import Cluster, RecordingSink, magics_of, wait_for
@@ -156,7 +157,7 @@ def test_function_remote_spawn_starmap(client: BrokerClient) -> None:
     assert add(1) == 101   # still callable locally
 
 
-def test_notebook_helpers_and_closures_work(shell) -> None:  # type: ignore[no-untyped-def]
+def test_notebook_helpers_and_closures_work(shell: InteractiveShell) -> None:
     shell.run_cell("import gpucell\nscale = 3\ndef helper(x):\n    return x * scale\n"
                    "def make(k):\n    return lambda x: helper(x) + k\n")
     result = shell.run_cell("out = list(gpucell.map(make(1), range(6), gpu='cpu', workers=2))")
@@ -164,7 +165,7 @@ def test_notebook_helpers_and_closures_work(shell) -> None:  # type: ignore[no-u
     assert shell.user_ns["out"] == [x * 3 + 1 for x in range(6)]
 
 
-def test_gpu_map_fills_into(shell) -> None:  # type: ignore[no-untyped-def]
+def test_gpu_map_fills_into(shell: InteractiveShell) -> None:
     sink = RecordingSink()
     magics_of(shell).sink = sink
     shell.run_cell("import math\nbase = 10\ndef helper(x):\n    return x * 2\n")

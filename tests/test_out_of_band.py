@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 from conftest import magics_of
 from gpucell.namespace import serialize
@@ -65,7 +66,7 @@ def test_tensors_torch_must_pickle_itself_still_round_trip() -> None:
         assert torch.equal(back.detach(), t.detach()) and back.requires_grad == t.requires_grad, what
 
 
-def test_tensors_and_modules_through_the_magics(shell) -> None:  # type: ignore[no-untyped-def]
+def test_tensors_and_modules_through_the_magics(shell: InteractiveShell) -> None:
     torch = pytest.importorskip("torch")
     t = torch.ones(2_000_000)  # 8 MB: over the data path
     layer = torch.nn.Linear(512, 512)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 from conftest import magics_of
 from gpucell.namespace import serialize, transfer
@@ -170,7 +171,7 @@ def test_different_kernel_or_disabled_falls_back_to_tcp(server: DataServer, monk
 
 
 @pytest.mark.parametrize("shm", ["", "0"])
-def test_large_array_through_the_real_stack(shell, monkeypatch: pytest.MonkeyPatch, shm: str) -> None:  # type: ignore[no-untyped-def]
+def test_large_array_through_the_real_stack(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch, shm: str) -> None:
     # Set before the first cell: the worker is started then, and inherits the environment.
     if shm:
         monkeypatch.setenv("GPUCELL_SHM", shm)
@@ -194,7 +195,7 @@ RSS_ANON = ("def rss_anon_mb():\n"
             "        return next(int(line.split()[1]) for line in f if line.startswith('RssAnon')) // 1024\n")
 
 
-def _worker_freed_mb(shell, make: str, then: str) -> int:  # type: ignore[no-untyped-def]
+def _worker_freed_mb(shell: InteractiveShell, make: str, then: str) -> int:
     """Runs `make` (which binds `made`, 64 MB) and then `then` remotely, the second cell also writing made[0] = 9;
     returns how much anonymous memory the worker gave back between the two (MB)."""
     shell.run_cell_magic("gpu", "cpu", RSS_ANON + make + "before = rss_anon_mb()\n")
@@ -204,7 +205,7 @@ def _worker_freed_mb(shell, make: str, then: str) -> int:  # type: ignore[no-unt
 
 @needs_shm
 @pytest.mark.parametrize("shm", ["on", "off"])
-def test_a_returned_array_is_held_once_on_the_host(shell, monkeypatch: pytest.MonkeyPatch, shm: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_returned_array_is_held_once_on_the_host(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch, shm: str) -> None:
     """Same host: the worker's copy of a returned array moves onto the pages the client maps, so the array
     is in memory once, not twice; an array something else on the worker also holds is left as it is."""
     if shm == "off":
@@ -231,7 +232,7 @@ CLOSE_DATA_SERVER = ("import gc\n"
                      "del obj\n")
 
 
-def test_a_data_server_that_fails_gives_a_clear_error_and_loses_nothing(shell) -> None:  # type: ignore[no-untyped-def]
+def test_a_data_server_that_fails_gives_a_clear_error_and_loses_nothing(shell: InteractiveShell) -> None:
     """The worker's data server stops answering (here: closed by a cell; in life: a worker on a network this
     kernel cannot reach). Sending fails with one line naming the values and stops the cell on the worker, which
     would otherwise wait for them; fetching fails naming the outputs, and the local namespace is unchanged."""
@@ -254,7 +255,7 @@ def test_a_data_server_that_fails_gives_a_clear_error_and_loses_nothing(shell) -
     assert shell.user_ns["n"] == 4 << 20
 
 
-def test_a_returned_tensor_is_held_once_on_the_host(shell, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_returned_tensor_is_held_once_on_the_host(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     monkeypatch.delenv("GPUCELL_SHM", raising=False)
     freed = _worker_freed_mb(shell, "import torch\nmade = torch.full((64 << 20,), 3, dtype=torch.uint8)\n"
