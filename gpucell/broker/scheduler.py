@@ -789,6 +789,6 @@ class Scheduler:
         queue.insert(index, cell)
         if worker is not None:
             if worker.cell == event.cell_id:
-                worker.state, worker.cell = WorkerState.IDLE, None
+                worker.state, worker.cell, worker.last_active = WorkerState.IDLE, None, event.now
             self._disconnect(worker, event.now, out)
         self._pump(cell.pool, event.now, out)
