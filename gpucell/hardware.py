@@ -23,6 +23,7 @@ __all__ = [
     "GpuAllocator",
     "label_for_name",
     "parse_spec",
+    "split_spec",
     "nvml_inventory",
     "local_labels",
     "cuda_visible_devices",
@@ -119,31 +120,41 @@ class HardwareSpec:
         return self.label if self.count <= 1 else f"{self.label}:{self.count}"
 
 
+def split_spec(spec: str) -> tuple[str, int | None]:
+    """The syntax of a hardware spec, shared by client, broker and provisioners: "A100:2" -> ("A100", 2),
+    "T4" -> ("T4", None). Raises ValueError naming what is malformed; which labels exist is the caller's."""
+    text = spec.strip()
+    match = _SPEC.match(text)
+    if not text or match is None:
+        raise ValueError("expected LABEL or LABEL:COUNT, e.g. A100:2")
+    raw_label, raw_count = match.group(1), match.group(2)
+    if raw_count is None:
+        return raw_label, None
+    if not raw_count.isdigit() or int(raw_count) < 1:
+        raise ValueError("the count after ':' must be a whole number ≥ 1")
+    return raw_label, int(raw_count)
+
+
 def parse_spec(spec: str, extra_labels: Iterable[str] = ()) -> HardwareSpec:
     """Parse "A100", "a100:2" or "cpu" into a HardwareSpec with the label's canonical spelling.
 
     Labels match case-insensitively against KNOWN_LABELS and `extra_labels` (pool labels from
     the broker's config). Raises ValueError with a one-line message for anything else.
     """
-    text = spec.strip()
-    match = _SPEC.match(text)
-    if not text or match is None:
-        raise ValueError(f"malformed hardware spec {spec!r}: expected LABEL or LABEL:COUNT, e.g. A100:2")
-    raw_label, raw_count = match.group(1), match.group(2)
+    try:
+        raw_label, count = split_spec(spec)
+    except ValueError as exc:
+        raise ValueError(f"malformed hardware spec {spec!r}: {exc}") from None
     known = {label.casefold(): label for label in (*KNOWN_LABELS, *extra_labels)}
     label = known.get(raw_label.casefold())
     if label is None:
         names = ", ".join(sorted(set(known.values()), key=str.casefold))
         raise ValueError(f"unknown hardware label {raw_label!r} (known: {names})")
     if label == CPU_LABEL:
-        if raw_count is not None:
+        if count is not None:
             raise ValueError(f"malformed hardware spec {spec!r}: 'cpu' takes no device count")
         return HardwareSpec(CPU_LABEL, 0)
-    if raw_count is None:
-        return HardwareSpec(label, 1)
-    if not raw_count.isdigit() or int(raw_count) < 1:
-        raise ValueError(f"malformed hardware spec {spec!r}: the count after ':' must be a whole number ≥ 1")
-    return HardwareSpec(label, int(raw_count))
+    return HardwareSpec(label, count or 1)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from gpucell.client.routes import BrokerRoute, LaneRoute, Route
 from gpucell.client.sink import Sink
 from gpucell.errors import (ConfigError, DataPathError, GpucellError, RemoteError,
                             RemoteRefError, UnknownHardwareError, WorkerLostError)
+from gpucell.hardware import split_spec
 from gpucell.namespace import transfer
 from gpucell.namespace.remote_ref import RemoteRef
 from gpucell.protocol import gpucell_pb2 as pb
@@ -78,9 +79,10 @@ class Session:
         spec = hardware.strip()
         if not spec:
             return ""
-        base, _, count = spec.partition(":")
-        if count and (not count.isdigit() or int(count) < 1):
-            raise ConfigError(f"bad hardware {spec!r}: the count after ':' must be a positive integer")
+        try:
+            base, _count = split_spec(spec)
+        except ValueError as exc:
+            raise ConfigError(f"bad hardware {spec!r}: {exc}") from None
         known = self.known_labels()
         if base.lower() not in {label.lower() for label in known}:
             raise UnknownHardwareError(f"no pool serves {spec!r} (known: {', '.join(known)})")
