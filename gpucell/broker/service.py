@@ -17,6 +17,7 @@ from grpc import aio
 from gpucell import settings
 from gpucell.broker import scheduler as sch
 from gpucell.broker.journal import Journal
+from gpucell.broker.lanes import LaneBook
 from gpucell.broker.metrics import BrokerMetrics
 from gpucell.broker.provisioners import LaunchSpec, Provisioner, load_provisioner
 from gpucell.broker.runs import CellRun, LaunchRecord, WorkerConn
@@ -64,10 +65,9 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.journal = Journal(os.path.join(self.log_dir, "journal.sqlite"))
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.gone_reasons: dict[str, str] = {}           # worker -> why it went (the last 1,000)
-        self._stopped: set[str] = set()                  # workers the broker stopped: their reason stays
         self._stimuli = itertools.count(1)
         self._last_checkpoint = time.monotonic()
+        self.lanes = LaneBook(self.scheduler, self.cells, self.metrics, self.handle, self._fail, self.stimulus)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -175,7 +175,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         await self._check_or_abort(context)
         run = self.cells.get(request.cell_id)
         if run is None and request.lane_worker_id:
-            run = self._lane_run_lost(request)
+            run = self.lanes.run_lost(request)
         if run is None or run.request.session_id != request.session_id:
             await Abort(grpc.StatusCode.NOT_FOUND, pb.REASON_CELL_GONE,
                         f"cell {request.cell_id} is gone (it finished more than "
@@ -330,7 +330,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 if kind == "event":
                     self._on_worker_event(conn, message.event)
                 elif kind == "lane":
-                    self._on_lane(conn, message.lane)
+                    self.lanes.on_activity(conn.worker_id, message.lane)
                 elif kind == "heartbeat" and message.heartbeat.gpus:
                     conn.gpus = list(message.heartbeat.gpus)
         except (asyncio.CancelledError, aio.AioRpcError, grpc.RpcError):
@@ -358,59 +358,8 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         run.push(event)
 
     def _worker_gone(self, event: sch.WorkerGone) -> None:
-        self._note_gone(event.worker_id, event.reason)
+        self.lanes.note_gone(event.worker_id, event.reason)
         self.handle(event)
-
-    def _note_gone(self, worker_id: str, reason: str, stopped: bool = False) -> None:
-        """Why a worker went, for a lane cell reported later. A reason the broker stopped it for (silence,
-        memory) is what its cells were told; the exit status its provisioner reports afterwards does not replace it."""
-        if worker_id in self._stopped:
-            return
-        self.gone_reasons[worker_id] = reason
-        if stopped:
-            self._stopped.add(worker_id)
-        while len(self.gone_reasons) > 1000:
-            self._stopped.discard(oldest := next(iter(self.gone_reasons)))
-            del self.gone_reasons[oldest]
-
-    def _lane_run_lost(self, request: pb.CellAttachRequest) -> CellRun | None:
-        """The client lost a lane cell we may never have heard of (short cells are reported when they end)."""
-        worker = self.scheduler.workers.get(request.lane_worker_id)
-        if worker is not None and worker.session != request.session_id:
-            return None
-        return self._lane_run(request.session_id, request.cell_id, request.lane_worker_id, time.monotonic())
-
-    def _lane_run(self, session_id: str, cell_id: str, worker_id: str, now: float) -> CellRun:
-        """A lane cell's run, without a client stream: if its worker dies mid-cell, the scheduler fails it
-        here and the client, whose lane closed, reads the reason with CellAttach. A worker already gone or
-        on its way out fails it now, with the reason if we know it."""
-        worker = self.scheduler.workers.get(worker_id)
-        run = CellRun(pb.CellExecuteRequest(session_id=session_id, cell_id=cell_id), worker.pool if worker else "",
-                      now, worker_id=worker_id, dispatched=now)
-        self.cells[cell_id] = run
-        if worker is None or worker.state is sch.WorkerState.RELEASING:
-            reason = self.gone_reasons.get(worker_id, "it was released or lost as the cell ran")
-            self._fail(run, reason if reason.startswith("worker lost") else f"worker lost: {reason}", "worker_lost")
-        else:
-            self.handle(sch.LaneCellStarted(cell_id, worker_id, now, stimulus_id=self.stimulus(f"lane-{cell_id}")))
-        return run
-
-    def _on_lane(self, conn: WorkerConn, activity: pb.LaneActivity) -> None:
-        """A cell on the worker's direct lane: keep the scheduler's view (busy, idle clock, usage) true."""
-        now = time.monotonic()
-        if activity.finished:
-            if activity.cell_id not in self.cells:
-                # A short cell is reported once, when it ends: it ran, so the idle clock restarts now.
-                self.handle(sch.LaneCellStarted(activity.cell_id, conn.worker_id, now,
-                                                stimulus_id=self.stimulus(f"lane-{activity.cell_id}")))
-            run = self.cells.pop(activity.cell_id, None)
-            if run is not None and not run.done:
-                run.done = True
-                self.metrics.cells.labels(run.pool, "ok" if activity.ok else "user").inc()
-                run.close()
-            self.handle(sch.CellFinished(activity.cell_id, now, stimulus_id=self.stimulus(f"lane-done-{activity.cell_id}")))
-        elif activity.cell_id not in self.cells:
-            self._lane_run(activity.session_id, activity.cell_id, conn.worker_id, now)
 
     # ------------------------------------------------------------ instructions -> I/O
 
@@ -436,7 +385,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 for lost in [r for r in self.cells.values() if r.worker_id == ins.worker_id and not r.done]:
                     self._fail(lost, f"worker lost: {ins.reason}", "timeout" if lost.timed_out else "worker_lost")
             elif isinstance(ins, sch.WorkerLost):
-                self._note_gone(ins.worker_id, ins.reason, stopped=ins.stop_grace_s is not None)
+                self.lanes.note_gone(ins.worker_id, ins.reason, stopped=ins.stop_grace_s is not None)
                 conn = self.conns.pop(ins.worker_id, None)
                 if conn is not None:
                     conn.outbox.put_nowait(None)
