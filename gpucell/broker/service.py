@@ -23,7 +23,7 @@ from gpucell.broker.provisioners import LaunchSpec, Provisioner, load_provisione
 from gpucell.broker.runs import CellRun, LaunchRecord, WorkerConn
 from gpucell.broker.status import status_response
 from gpucell.broker.config import BrokerConfig
-from gpucell.hardware import KNOWN_LABELS
+from gpucell.hardware import KNOWN_LABELS, split_spec
 from gpucell.protocol import PROTOCOL_VERSION
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
@@ -125,7 +125,11 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         by_lower = {label.lower(): label for label in self.config.pools}
         if spec.lower() in by_lower:
             return by_lower[spec.lower()], ""
-        base = spec.split(":", 1)[0]
+        try:
+            base, _count = split_spec(spec)
+        except ValueError:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_UNKNOWN_HARDWARE,
+                        f"no pool serves {spec!r} (known: {', '.join(self.known_labels())})") from None
         if base.lower() in by_lower:
             # The label is served here, but not with that many devices per worker.
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_UNKNOWN_HARDWARE,
