@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import html
 import os
@@ -99,6 +100,7 @@ class GPUCellMagics(Magics):
         self.broker = broker
         self.sink: Sink = NotebookSink(in_kernel=getattr(shell, "kernel", None) is not None)
         self.closed = False
+        self._parsed: dict[str, argparse.Namespace] = {}   # %%gpu option line -> its parse (read only)
         if settings.default_hardware:
             session.default_hardware = settings.default_hardware
 
@@ -126,10 +128,16 @@ class GPUCellMagics(Magics):
 
     def parse_options(self, line: str) -> CellOptions:
         """%%gpu's option line → CellOptions, or a one-line UsageError/ConfigError naming the option."""
-        try:
-            args = parse_argstring(self.gpu, line)
-        except ValueError as exc:  # shlex: an unbalanced quote
-            raise UsageError(f"%%gpu {line}: {exc}") from None
+        args = self._parsed.get(line)
+        if args is None:
+            try:
+                args = parse_argstring(self.gpu, line)
+            except ValueError as exc:  # shlex: an unbalanced quote
+                raise UsageError(f"%%gpu {line}: {exc}") from None
+            # argparse costs ~0.1 ms, a tenth of a warm round trip, and a notebook repeats a few option lines
+            if len(self._parsed) >= 64:
+                self._parsed.clear()
+            self._parsed[line] = args
         if args.timeout is not None and args.timeout <= 0:
             raise ConfigError(f"--timeout {args.timeout:g}: must be positive")
         if args.idle < 0:
