@@ -72,6 +72,8 @@ def test_parameters_injected_after_the_parameters_cell(tmp_path: Path) -> None:
                    "-p", "nothing=None", "-p", "quote=it's \"x\"")
     assert done.returncode == 0, done.stderr
     assert "0.01 'run 7' 2 True None 'it\\'s \"x\"'" in done.stdout
+    # What a new user reads first is gpucell's own output, not ipykernel's transport warning.
+    assert "WARNING" not in done.stderr and done.stdout.startswith("--- cell"), (done.stdout[:200], done.stderr)
     result = nbformat.read(out, as_version=4)
     assert result.cells[2].metadata["tags"] == [INJECTED_TAG]
     assert "lr = 0.01" in result.cells[2].source and "flag = True" in result.cells[2].source

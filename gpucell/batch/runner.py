@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import nbformat
 from nbclient import NotebookClient
+from traitlets.config import Config
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
@@ -190,7 +191,9 @@ def run_notebook(opts: RunOptions, out: TextIO | None = None, err: TextIO | None
     echo = Echo(out, err)
     extra = [f"--GPUCell.default_hardware={opts.hardware}"] if opts.hardware else []
     client = StreamingClient(
-        nb, echo, kernel_name=KERNEL_NAME, extra_arguments=extra,
+        # IPC sockets: a kernel on this machine needs no TCP, and ipykernel's "running over TCP without
+        # encryption" warning was the first line every `gpucell run` printed.
+        nb, echo, kernel_name=KERNEL_NAME, extra_arguments=extra, config=Config(KernelManager={"transport": "ipc"}),
         timeout=math.ceil(opts.timeout) if opts.timeout else None, allow_errors=False,
         resources={"metadata": {"path": opts.cwd or os.getcwd()}})
     env = dict(os.environ)
