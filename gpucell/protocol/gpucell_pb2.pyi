@@ -104,7 +104,7 @@ class CellOptions(_message.Message):
     def __init__(self, timeout_s: _Optional[float] = ..., idle_s: _Optional[float] = ..., fresh: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., pull: _Optional[_Iterable[str]] = ..., keep: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., strict: _Optional[bool] = ..., return_limit: _Optional[int] = ...) -> None: ...
 
 class CellExecuteRequest(_message.Message):
-    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name", "owner", "client_boot_id")
+    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name", "owner", "client_boot_id", "cell_filename")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class CellExecuteRequest(_message.Message):
     SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     CLIENT_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CELL_FILENAME_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     cell_id: str
     hardware: str
@@ -135,7 +136,8 @@ class CellExecuteRequest(_message.Message):
     session_name: str
     owner: str
     client_boot_id: str
-    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ..., owner: _Optional[str] = ..., client_boot_id: _Optional[str] = ...) -> None: ...
+    cell_filename: str
+    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ..., owner: _Optional[str] = ..., client_boot_id: _Optional[str] = ..., cell_filename: _Optional[str] = ...) -> None: ...
 
 class CellEvent(_message.Message):
     __slots__ = ("cell_id", "time", "seq", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer")
@@ -219,14 +221,26 @@ class Stream(_message.Message):
     def __init__(self, name: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Display(_message.Message):
-    __slots__ = ("data_json", "metadata_json", "execute_result")
+    __slots__ = ("data_json", "metadata_json", "execute_result", "display_id", "update", "clear", "clear_wait", "page", "local_magic")
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     EXECUTE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_ID_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_WAIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_MAGIC_FIELD_NUMBER: _ClassVar[int]
     data_json: str
     metadata_json: str
     execute_result: bool
-    def __init__(self, data_json: _Optional[str] = ..., metadata_json: _Optional[str] = ..., execute_result: _Optional[bool] = ...) -> None: ...
+    display_id: str
+    update: bool
+    clear: bool
+    clear_wait: bool
+    page: bool
+    local_magic: str
+    def __init__(self, data_json: _Optional[str] = ..., metadata_json: _Optional[str] = ..., execute_result: _Optional[bool] = ..., display_id: _Optional[str] = ..., update: _Optional[bool] = ..., clear: _Optional[bool] = ..., clear_wait: _Optional[bool] = ..., page: _Optional[bool] = ..., local_magic: _Optional[str] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("outputs", "blobs", "refs", "deleted", "data_address", "ticket")
@@ -245,7 +259,7 @@ class Result(_message.Message):
     def __init__(self, outputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[_Union[RemoteRefInfo, _Mapping]]] = ..., deleted: _Optional[_Iterable[str]] = ..., data_address: _Optional[str] = ..., ticket: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("ename", "evalue", "traceback", "kind")
+    __slots__ = ("ename", "evalue", "traceback", "kind", "etype", "frames")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Error.Kind]
@@ -264,11 +278,25 @@ class Error(_message.Message):
     EVALUE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    ETYPE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
     ename: str
     evalue: str
     traceback: _containers.RepeatedScalarFieldContainer[str]
     kind: Error.Kind
-    def __init__(self, ename: _Optional[str] = ..., evalue: _Optional[str] = ..., traceback: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[Error.Kind, str]] = ...) -> None: ...
+    etype: str
+    frames: _containers.RepeatedCompositeFieldContainer[Frame]
+    def __init__(self, ename: _Optional[str] = ..., evalue: _Optional[str] = ..., traceback: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[Error.Kind, str]] = ..., etype: _Optional[str] = ..., frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("filename", "lineno", "name")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    LINENO_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    lineno: int
+    name: str
+    def __init__(self, filename: _Optional[str] = ..., lineno: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Finished(_message.Message):
     __slots__ = ("queue_s", "cold_start_s", "run_s", "transfer_s", "bytes_in", "bytes_out", "ok")
