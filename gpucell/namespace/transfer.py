@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gpucell import settings
-from gpucell.namespace.serialize import Packed
+from gpucell.namespace.serialize import Packed, content_hash
+from gpucell.protocol.listener import Listener
 
 _LEN = struct.Struct("!Q")
 CHUNK = 4 * 1024 * 1024
@@ -47,6 +48,9 @@ WRITERS = max(1, min(4, os.cpu_count() or 1))
 MIN_PIECE = 16 << 20  # below this a second writer thread costs more than it saves
 MAX_FDS = 16          # descriptors a receiver accepts in one message (a frame carries one per piece)
 MAP_FIXED = 0x10      # Linux; the mmap module does not export it
+HEAD_LIMIT = 1 << 20  # a frame's JSON head: a hash, a type name and a few numbers
+TICKET_TTL_S = 600.0  # a ticket not used by then is gone (the client uses it at once)
+MAX_TICKETS = 256     # and past this many unused ones, the oldest is gone
 # The sender can no longer resize or write the memfd once sealed: the receiver's private mapping cannot
 # change under it or fault with SIGBUS, whatever the sender does afterwards.
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL if hasattr(
@@ -55,6 +59,7 @@ SHM_SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "memfd_create")
     and bool(SEALS)
 
 Frame = tuple[str, str, bytes, list[Any]]
+Accept = Any  # Callable[[str], bool] | None: whether a frame of this hash may be received at all
 
 
 def _buffer(size: int) -> bytearray | mmap.mmap:
@@ -95,7 +100,7 @@ def _head(packed: Packed) -> dict[str, Any]:
 
 
 def _check_size(sizes: list[int], max_bytes: int) -> None:
-    if any(not isinstance(n, int) or n < 0 for n in sizes):
+    if not isinstance(sizes, list) or not sizes or any(type(n) is not int or n < 0 for n in sizes):
         raise ValueError("bad frame sizes")
     if max_bytes and sum(sizes) > max_bytes:
         raise ValueError(f"a value of {sum(sizes)} bytes is over this worker's limit of {max_bytes}")
@@ -114,15 +119,30 @@ def send_frames(sock: socket.socket, values: Iterable[Packed]) -> int:
     return sent
 
 
-def recv_frames(sock: socket.socket, max_bytes: int = 0) -> list[Frame]:
-    """(hash, type_name, pickle, buffers) for each frame until the end marker; a frame over max_bytes
-    is refused before anything is allocated for it."""
+def _read_head(data: bytes, accept: Accept) -> dict[str, Any]:
+    head = json.loads(data)
+    if not isinstance(head, dict) or not isinstance(head.get("hash"), str):
+        raise ValueError("a malformed frame head")
+    if accept is not None and not accept(head["hash"]):
+        raise ValueError(f"nobody asked for a value of hash {head['hash'][:32]!r}")
+    return head
+
+
+def _head_size(size: int) -> int:
+    if size > HEAD_LIMIT:
+        raise ValueError(f"a frame head of {size} bytes (the limit is {HEAD_LIMIT})")
+    return size
+
+
+def recv_frames(sock: socket.socket, max_bytes: int = 0, accept: Accept = None) -> list[Frame]:
+    """(hash, type_name, pickle, buffers) for each frame until the end marker; a frame over max_bytes, or
+    of a hash `accept` refuses, is refused before anything is allocated for it."""
     out: list[Frame] = []
     while True:
         (size,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
         if size == 0:
             return out
-        head = json.loads(bytes(_recv_exact(sock, size)))
+        head = _read_head(bytes(_recv_exact(sock, _head_size(size))), accept)
         sizes = head["sizes"]
         _check_size(sizes, max_bytes)
         header = bytes(_recv_exact(sock, sizes[0]))
@@ -276,15 +296,31 @@ def _libc_mmap() -> Any:
 _MMAP: Any = _libc_mmap() if SHM_SUPPORTED else None
 
 
+def _check_layout(sizes: list[int], offsets: Any, length: Any, pieces: Any, fds: int) -> None:
+    """Every number of a shared-memory head, before anything is mapped: the parts where _layout puts them,
+    the pieces positive, whole pages but the last, one per descriptor and summing to the reservation. A
+    piece past the reservation would be mapped over whatever follows it (MAP_FIXED), and crash the process."""
+    bad = "a malformed shared-memory frame: "
+    if not isinstance(pieces, list) or any(type(p) is not int for p in pieces) or type(length) is not int \
+            or not isinstance(offsets, list):
+        raise ValueError(bad + "pieces, offsets and length must be integers")
+    want_offsets, want_length = _layout(sizes)
+    if offsets != want_offsets or length != want_length:
+        raise ValueError(bad + f"a length of {length} bytes for parts that take {want_length}")
+    if len(pieces) != fds or not pieces:
+        raise ValueError(bad + f"{len(pieces)} pieces for {fds} descriptors")
+    if any(p <= 0 for p in pieces) or any(p % PAGE for p in pieces[:-1]):
+        raise ValueError(bad + "each piece must be positive, and all but the last whole pages")
+    if sum(pieces) != length:
+        raise ValueError(bad + f"its pieces add up to {sum(pieces)} bytes, not its length {length}")
+
+
 def _map_frame(head: dict[str, Any], fds: list[int], max_bytes: int) -> Frame:
     """Views into one private mapping of the sender's sealed memfds: copy-on-write for the receiver, who may
     mutate the arrays; the sender can no longer write or shrink them. The size check comes before any map."""
     sizes, offsets, length, pieces = head["sizes"], head["offsets"], head["length"], head["pieces"]
     _check_size(sizes, max_bytes)
-    if not isinstance(length, int) or len(offsets) != len(sizes) or len(pieces) != len(fds) \
-            or sum(pieces) != length or any(p <= 0 or p % PAGE for p in pieces[:-1]) \
-            or any(not isinstance(o, int) or o < 0 or o + n > length for o, n in zip(offsets, sizes)):
-        raise ValueError("a malformed shared-memory frame")
+    _check_layout(sizes, offsets, length, pieces, len(fds))
     for fd, size in zip(fds, pieces):
         if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS != SEALS:
             raise ValueError("the shared memory is not sealed")
@@ -310,7 +346,7 @@ def _map_frame(head: dict[str, Any], fds: list[int], max_bytes: int) -> Frame:
     return head["hash"], head.get("type_name", ""), header, buffers
 
 
-def recv_fd_frames(sock: socket.socket, max_bytes: int = 0) -> list[Frame]:
+def recv_fd_frames(sock: socket.socket, max_bytes: int = 0, accept: Accept = None) -> list[Frame]:
     out: list[Frame] = []
     while True:
         fds: list[int] = []
@@ -320,7 +356,7 @@ def recv_fd_frames(sock: socket.socket, max_bytes: int = 0) -> list[Frame]:
                 if fds:
                     raise ConnectionError("a descriptor with the end marker")
                 return out
-            head = json.loads(_recv_with_fds(sock, size, fds))
+            head = _read_head(_recv_with_fds(sock, _head_size(size), fds), accept)
             out.append(_map_frame(head, fds, max_bytes))
         finally:
             for fd in fds:  # a mapping does not need its descriptor
@@ -356,14 +392,26 @@ def parse_address(address: str) -> tuple[str, dict[str, str]]:
 # ------------------------------------------------------------------ the worker's server
 
 
+class _Grant:
+    """What one ticket lets its holder do, once: PUT these hashes (those the worker asked for) or GET them."""
+    __slots__ = ("verb", "hashes", "expires")
+
+    def __init__(self, verb: str, hashes: Iterable[str]) -> None:
+        self.verb = verb
+        self.hashes = frozenset(hashes)
+        self.expires = time.monotonic() + TICKET_TTL_S
+
+
 class DataServer:
-    """The worker's side: accepts PUT (client → worker) and GET (worker → client) of blobs by hash."""
+    """The worker's side: accepts PUT (client → worker) and GET (worker → client) of blobs by hash. Each
+    transfer has its own one-time ticket, bound to the hashes it may move (expect(), ticket_for()); an
+    upload is taken only for a hash asked for, and only if its content has that hash."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.ticket = secrets.token_urlsafe(18)
+        self._grants: dict[str, _Grant] = {}
         self.max_bytes = int(settings.get("max_blob_mb")) * 1_000_000  # the broker passes its max_blob_mb
-        self._sock = socket.create_server((host, 0))
-        self.address = f"{host}:{self._sock.getsockname()[1]}"
+        sock = socket.create_server((host, 0))
+        self.address = f"{host}:{sock.getsockname()[1]}"
         self._uds: socket.socket | None = None
         if SHM_SUPPORTED and boot_id():
             name = f"gpucell-data-{secrets.token_hex(12)}"
@@ -381,37 +429,59 @@ class DataServer:
         self._shared: dict[str, SharedCopy] = {}  # outgoing hash -> its memfds, written when offered
         self.changed = threading.Condition()
         self.bytes_in = 0
-        threading.Thread(target=self._serve, args=(self._sock,), daemon=True, name="gpucell-data").start()
+        # The request line within 5 s, no thread before it, and an accept loop that outlives EMFILE.
+        self._listeners = [Listener(sock, lambda c, line: self._handle(c, line, False), name="gpucell-data",
+                                    line_limit=65536)]
         if self._uds is not None:
-            threading.Thread(target=self._serve, args=(self._uds,), daemon=True, name="gpucell-data-shm").start()
+            self._listeners.append(Listener(self._uds, lambda c, line: self._handle(c, line, True),
+                                            name="gpucell-data-shm", line_limit=65536))
 
-    def _serve(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn, listener is self._uds), daemon=True).start()
+    # ------------------------------------------------------------ tickets
 
-    def _handle(self, conn: socket.socket, local: bool) -> None:
+    def _issue(self, verb: str, hashes: Iterable[str]) -> str:
+        ticket = secrets.token_urlsafe(18)
+        with self.changed:
+            now = time.monotonic()
+            for old in [t for t, g in self._grants.items() if g.expires <= now]:
+                del self._grants[old]
+            while len(self._grants) >= MAX_TICKETS:
+                del self._grants[next(iter(self._grants))]
+            self._grants[ticket] = _Grant(verb, hashes)
+        return ticket
+
+    def expect(self, hashes: Iterable[str]) -> str:
+        """A one-time ticket to upload these values (the inputs a cell lacks): no other hash is taken with it."""
+        return self._issue("PUT", hashes)
+
+    def ticket_for(self, hashes: Iterable[str]) -> str:
+        """A one-time ticket to fetch these offered values."""
+        return self._issue("GET", hashes)
+
+    def _redeem(self, ticket: str, verb: str) -> _Grant | None:
+        with self.changed:
+            for known, grant in self._grants.items():  # compare_digest on each: no timing tells a near miss
+                if secrets.compare_digest(known, ticket):
+                    del self._grants[known]
+                    return grant if grant.verb == verb and grant.expires > time.monotonic() else None
+        return None
+
+    # ------------------------------------------------------------ connections
+
+    def _handle(self, conn: socket.socket, line: bytes, local: bool) -> None:
         with conn:
             try:
-                verb, ticket, *rest = _recv_line(conn).split(" ")
-                if not secrets.compare_digest(ticket, self.ticket):
-                    conn.sendall(b"DENIED\n")
-                    return
+                conn.settimeout(60)   # an owner who stalls mid-transfer does not hold a thread for ever
+                verb, ticket, *rest = line.decode().strip().split(" ")
                 shm = local and verb.endswith("FD")
                 verb = verb.removesuffix("FD") if local else verb
+                grant = self._redeem(ticket, verb)
+                if grant is None:
+                    conn.sendall(b"DENIED\n")
+                    return
                 if verb == "PUT":
-                    frames = recv_fd_frames(conn, self.max_bytes) if shm else recv_frames(conn, self.max_bytes)
-                    with self.changed:
-                        for digest, _type, header, buffers in frames:
-                            self.received[digest] = (header, buffers)
-                            self.bytes_in += len(header) + sum(len(b) for b in buffers)
-                        self.changed.notify_all()
-                    conn.sendall(b"OK\n")
+                    self._receive(conn, shm, grant)
                 elif verb == "GET":
-                    wanted = rest[0].split(",") if rest else []
+                    wanted = [h for h in (rest[0].split(",") if rest else []) if h in grant.hashes]
                     with self.changed:
                         values = [self.outgoing[h] for h in wanted if h in self.outgoing]
                         # our own descriptors: a withdraw may close the offer's while this GET sends
@@ -427,8 +497,37 @@ class DataServer:
                             for fd in fds:
                                 os.close(fd)
                     self._fetched([v.hash for v in values])
-            except (ConnectionError, OSError, ValueError, KeyError, TypeError):
+            except (ConnectionError, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
                 return
+
+    def _receive(self, conn: socket.socket, shm: bool, grant: _Grant) -> None:
+        """One upload: only hashes the ticket names, each once, each checked against its content. A refused
+        frame is answered `ERROR <why>` (what was taken before it stays)."""
+        arrived: set[str] = set()
+
+        def accept(digest: str) -> bool:
+            if digest in arrived or digest not in grant.hashes:
+                return False
+            arrived.add(digest)
+            return True
+
+        try:
+            frames = (recv_fd_frames if shm else recv_frames)(conn, self.max_bytes, accept)
+            for digest, _type, header, buffers in frames:
+                if content_hash(header, [memoryview(b) for b in buffers]) != digest:
+                    raise ValueError(f"the content of {digest[:32]!r} does not have that hash")
+        except ValueError as exc:
+            try:
+                conn.sendall(f"ERROR {exc}\n".encode())
+            except OSError:
+                pass
+            return
+        with self.changed:
+            for digest, _type, header, buffers in frames:
+                self.received[digest] = (header, buffers)
+                self.bytes_in += len(header) + sum(len(b) for b in buffers)
+            self.changed.notify_all()
+        conn.sendall(b"OK\n")
 
     @property
     def shares_memory(self) -> bool:
@@ -483,13 +582,7 @@ class DataServer:
             return True
 
     def close(self) -> None:
-        for listener in (self._sock, self._uds):
-            if listener is None:
-                continue
-            try:
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in _serve (close alone does not)
-            except OSError:
-                pass
+        for listener in self._listeners:
             listener.close()
         with self.changed:
             self.received.clear()
@@ -522,7 +615,10 @@ def put(address: str, ticket: str, values: list[Packed]) -> int:
     with sock:
         sock.sendall(f"PUT{'FD' if shm else ''} {ticket}\n".encode())
         sent = (send_fd_frames if shm else send_frames)(sock, values)
-        if _recv_line(sock) != "OK":
+        answer = _recv_line(sock)
+        if answer.startswith("ERROR "):
+            raise ValueError(f"the worker's data server refused the upload: {answer.removeprefix('ERROR ')}")
+        if answer != "OK":
             raise ConnectionError(f"the worker's data server at {address} refused the upload")
     return sent
 

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import lane
+from gpucell.protocol.listener import Listener
 
 
 class LaneHost(Protocol):
@@ -95,24 +96,17 @@ class LaneServer:
     def __init__(self, host: str, worker: LaneHost) -> None:
         self.ticket = secrets.token_urlsafe(18)
         self._worker = worker
-        self._sock = socket.create_server((host, 0))
-        self.address = f"{host}:{self._sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True, name="gpucell-lane").start()
+        sock = socket.create_server((host, 0))
+        self.address = f"{host}:{sock.getsockname()[1]}"
+        # The ticket line within 5 s, no thread before it (protocol/listener.py).
+        self._listener = Listener(sock, self._handle, name="gpucell-lane", line_limit=256)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True, name="gpucell-lane-conn").start()
-
-    def _handle(self, conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket, line: bytes) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = conn.makefile("rb")
         out: LaneOut | None = None
         try:
-            if not secrets.compare_digest(reader.readline(256).strip(), self.ticket.encode()):
+            if not secrets.compare_digest(line.strip(), self.ticket.encode()):
                 return
             conn.sendall(lane.WELCOME)
             out = LaneOut(conn)
@@ -135,7 +129,7 @@ class LaneServer:
                 conn.close()
 
     def close(self) -> None:
-        self._sock.close()
+        self._listener.close()
 
 
 class LaneActivityReporter:

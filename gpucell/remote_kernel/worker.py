@@ -251,7 +251,7 @@ class Worker:
         received = sum(len(b.data) + sum(len(x) for x in b.buffers) for b in req.blobs)
         missing = sorted({v.hash for v in req.inputs if v.hash not in self.cache and v.hash not in inline})
         if missing:
-            self._emit(req.cell_id, transfer=pb.Transfer(address=self.data.address, ticket=self.data.ticket,
+            self._emit(req.cell_id, transfer=pb.Transfer(address=self.data.address, ticket=self.data.expect(missing),
                                                          hashes=missing))
             before = self.data.bytes_in
             if not self.data.wait_for(set(missing), TRANSFER_TIMEOUT_S, lambda: self.cancelled_cell == req.cell_id):
@@ -294,7 +294,7 @@ class Worker:
     def _collect(self, req: pb.CellExecuteRequest, inputs: dict[str, str]) -> tuple[pb.Result, int]:
         """Assigned names, and inputs the cell mutated in place, go back (or stay as RemoteRefs)."""
         ns = self.shell.user_ns
-        result = pb.Result(data_address=self.data.address, ticket=self.data.ticket)
+        result = pb.Result(data_address=self.data.address)
         # The previous cell's large outputs stay fetchable while this one runs: a pipelined client (a map
         # keeps two cells per worker) may still be fetching them. The cell before that has had its turn.
         if len(self._outgoing_cells) == 2:
@@ -351,6 +351,8 @@ class Worker:
                 result.deleted.append(name)
                 self.kept.pop(name, None)
         self._outgoing_cells.append(mine)
+        if mine:
+            result.ticket = self.data.ticket_for(mine)   # one-time, for these outputs only
         value = packed = None  # type: ignore[assignment] # no reference of ours may count in _move_onto
         for name, digest, shared in moving:
             self._move_onto(name, digest, shared)
