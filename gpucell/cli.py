@@ -54,6 +54,17 @@ def _release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_add(args: argparse.Namespace) -> int:
+    from gpucell.broker.token_files import add_entry  # noqa: PLC0415 - the broker package loads only for this command
+
+    token = add_entry(args.file, args.name, args.admin if args.kind == "user" else None)
+    what = "user" if args.kind == "user" else "worker"
+    print(f"gpucell: {what} {args.name} added to {args.file}; its token (shown once, only its SHA-256 is kept):",
+          file=sys.stderr)
+    print(token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpucell", description="Run notebook cells on remote GPU workers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session")
     p.add_argument("--worker")
     p.set_defaults(func=_release)
+
+    p = sub.add_parser("user", help="manage a broker's users file")
+    user_sub = p.add_subparsers(dest="action", required=True)
+    p = user_sub.add_parser("add", help="add (or re-key) a user and print its token once")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="may see and act on every user's sessions, workers, jobs")
+    p.add_argument("--file", required=True, help="the broker's users_file")
+    p.set_defaults(func=_token_add, kind="user")
+
+    p = sub.add_parser("worker-token", help="manage a broker's join tokens for hand-started workers")
+    token_sub = p.add_subparsers(dest="action", required=True)
+    p = token_sub.add_parser("add", help="add (or re-key) a worker id and print its join token once")
+    p.add_argument("name", metavar="ID")
+    p.add_argument("--file", required=True, help="the broker's worker_tokens_file")
+    p.set_defaults(func=_token_add, kind="worker", admin=False)
 
     add_batch_commands(sub)  # run, jobs, logs, fetch, cancel
     return parser

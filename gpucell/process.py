@@ -133,3 +133,26 @@ def _reap_children() -> None:
             return
         if pid == 0:
             return
+
+
+def secret_pipe(secret: str) -> int:
+    """An inheritable pipe end that holds `secret`: a child reads it from this fd, never from its environment
+    (which /proc/PID/environ shows to the code the child runs). Close it here once the child has started."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, secret.encode())
+    finally:
+        os.close(write_end)
+    os.set_inheritable(read_end, True)
+    return read_end
+
+
+def read_secret(fd: int) -> str:
+    """What secret_pipe put in the pipe `fd` (closed after reading)."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()

@@ -60,7 +60,8 @@ _TABLE = [
     Setting("heartbeat_interval", 1.0, "seconds between worker heartbeats", "broker", BROKER),
     Setting("heartbeat_timeout", 5.0, "seconds without a heartbeat before a worker is declared lost", "broker", BROKER),
     Setting("worker_start_timeout", 120.0, "seconds a worker may take to register", "broker", BROKER),
-    Setting("max_message_mb", 1024, "largest gRPC message accepted", "broker", BROKER),
+    Setting("max_message_mb", 64, "largest gRPC message accepted (values over 1 MB travel on the data path)",
+            "broker", BROKER),
     Setting("max_blob_mb", 0, "largest single value a cell may send to a worker; 0: no limit "
             "(the broker passes it to the workers it starts)", "broker, worker", BROKER),
     Setting("fork_server", True, "start local workers by forking a warm template process", "broker", BROKER),
@@ -72,6 +73,10 @@ _TABLE = [
             "broker", BROKER),
     Setting("reattach_grace_s", 30.0, "how long a cell whose client stream dropped keeps running for a reconnect",
             "broker", BROKER),
+    Setting("users_file", "", "TOML file of users (`[NAME]` with token_sha256, admin), re-read on change; empty: "
+            "GPUCELL_TOKEN is the one admin user `default`", "broker", BROKER),
+    Setting("worker_tokens_file", "", "TOML file of hand-started workers' join tokens (`[ID]` with token_sha256), "
+            "re-read on change; empty: the broker's GPUCELL_WORKER_TOKEN joins hand-started workers", "broker", BROKER),
     # [pools.LABEL]
     Setting("simulate", False, "local CPU workers that advertise this label (tests, laptops)", "broker", POOLS),
     Setting("min_warm", 0, "idle, unassigned workers kept ready", "broker", POOLS),
@@ -91,8 +96,11 @@ _TABLE = [
     Setting("broker", "", "host:port of the broker; empty: `%load_ext gpucell` starts an embedded broker", "client"),
     Setting("token", "", "the client token: what clients send, and what `gpucell broker` accepts (it makes one "
             "when empty)", "client, broker"),
-    Setting("worker_token", "", "the secret a worker registers with; the broker sets it on the workers it starts",
-            "broker, worker"),
+    Setting("worker_token", "", "broker: its worker key (signs launched workers' reconnect credentials; joins "
+            "hand-started workers when there is no worker_tokens_file); worker: its own credential (a join token). "
+            "A worker takes it out of its environment before any cell runs", "broker, worker"),
+    Setting("worker_token_fd", -1, "set by the broker on a worker it starts: the pipe its credential arrives on "
+            "(never the environment)", "worker"),
     Setting("tls_ca", "", "PEM CA that signed the broker's certificate; set: TLS, empty: plaintext (loopback)",
             "client, worker"),
     Setting("shm", True, "values between processes on one host travel through shared memory; 0: over TCP",

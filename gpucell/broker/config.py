@@ -59,6 +59,8 @@ class BrokerConfig:
     insecure: bool = settings.config_field("insecure")
     metrics_port: int = settings.config_field("metrics_port")
     reattach_grace_s: float = settings.config_field("reattach_grace_s")
+    users_file: str = settings.config_field("users_file")
+    worker_tokens_file: str = settings.config_field("worker_tokens_file")
     pools: dict[str, PoolConfig] = field(default_factory=dict)
 
 

@@ -104,7 +104,8 @@ class JobManager:
         await self.journal()
         return self.jobs.get(job_id)
 
-    async def submit(self, request: JobRequest) -> Job:
+    async def submit(self, request: JobRequest, token: str = "") -> Job:
+        """Start a job; its notebook's cells reach the broker with `token` (its owner's, minted for it)."""
         await self.journal()
         job_id = f"job-{secrets.token_hex(4)}"
         job_dir = self.state_dir / "jobs" / job_id
@@ -124,7 +125,7 @@ class JobManager:
             cmd += ["--timeout", f"{request.timeout_s:g}"]
         workdir = request.workdir if request.workdir and os.path.isdir(request.workdir) else str(job_dir)
         cmd += ["--cwd", workdir]
-        env = {**os.environ, ENV_BROKER: self.broker_address(), ENV_TOKEN: self.token,
+        env = {**os.environ, ENV_BROKER: self.broker_address(), ENV_TOKEN: token or self.token,
                "JPY_SESSION_NAME": job.session_name, "PYTHONUNBUFFERED": "1"}
         log = await asyncio.to_thread(open, job.log_path, "ab")
         try:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator
 
 import grpc
 from grpc import aio
 
+from gpucell.broker.auth import caller
 from gpucell.broker.jobs import Job, JobManager, JobRequest
-from gpucell.broker.service import Abort, BrokerService
+from gpucell.broker.refusal import Abort
+from gpucell.broker.service import BrokerService
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.reasons import parsed
-
-
-def _authorized(context: aio.ServicerContext, token: str) -> bool:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return hmac.compare_digest(value[len("Bearer "):].encode(), token.encode())
-    return False
 
 
 class JobsService(pb_grpc.JobsServicer):
@@ -33,9 +27,7 @@ class JobsService(pb_grpc.JobsServicer):
         return sum(u.cost for u in self.broker.status().usage if u.session_name == session_name)
 
     async def _check(self, context: aio.ServicerContext) -> None:
-        if not _authorized(context, self.broker.client_token):
-            await Abort(grpc.StatusCode.UNAUTHENTICATED, pb.REASON_BAD_TOKEN,
-                        "invalid or missing gpucell token").send(context)
+        caller()   # the interceptor authenticated the user; a job's owner is checked in _job
 
     def info(self, job: Job) -> pb.JobInfo:
         return pb.JobInfo(id=job.id, notebook=job.notebook, state=parsed(pb.JobInfo.State, job.state),
@@ -45,6 +37,10 @@ class JobsService(pb_grpc.JobsServicer):
     async def _job(self, job_id: str, context: aio.ServicerContext) -> Job:
         await self._check(context)
         job = await self.manager.get(job_id)
+        try:
+            self.broker.owners.job(caller(), job_id)
+        except Abort as abort:
+            await abort.send(context)
         if job is None:
             await Abort(grpc.StatusCode.NOT_FOUND, pb.REASON_NO_JOB,
                         f"no job {job_id!r} (see gpucell jobs)").send(context)
@@ -61,14 +57,18 @@ class JobsService(pb_grpc.JobsServicer):
                 self.broker.resolve_pool(request.hardware, strict=False)
             except Abort as abort:
                 await abort.send(context)
+        identity = caller()
         job = await self.manager.submit(JobRequest(
             request.notebook_name, request.notebook, list(request.parameters), request.hardware,
-            request.timeout_s, request.workdir))
+            request.timeout_s, request.workdir), token=self.broker.authenticator.mint(identity))
+        self.broker.owners.own_job(identity, job.id)
         return pb.JobSubmitResponse(job=self.info(job))
 
     async def JobList(self, request: pb.JobListRequest, context: aio.ServicerContext) -> pb.JobListResponse:
         await self._check(context)
-        return pb.JobListResponse(jobs=[self.info(job) for job in await self.manager.list()])
+        identity = caller()
+        return pb.JobListResponse(jobs=[self.info(job) for job in await self.manager.list()
+                                        if self.broker.owners.sees_job(identity, job.id)])
 
     async def JobLogs(self, request: pb.JobLogsRequest, context: aio.ServicerContext) -> AsyncIterator[pb.JobLogChunk]:
         job = await self._job(request.job_id, context)

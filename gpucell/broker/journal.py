@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS usage (
     at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (kind TEXT NOT NULL, id TEXT NOT NULL, owner TEXT NOT NULL, PRIMARY KEY (kind, id));
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, notebook TEXT, state TEXT, hardware TEXT, submitted REAL, started REAL,
     finished REAL, cost REAL, error TEXT, dir TEXT, pid INTEGER, session_name TEXT);
@@ -70,6 +71,14 @@ class Journal:
 
     def session_names(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT id, name FROM sessions"))
+
+    def record_owner(self, kind: str, key: str, owner: str) -> None:
+        """The user a session or job belongs to (gpucell.broker.owners), kept across restarts."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO owners (kind, id, owner) VALUES (?, ?, ?)", (kind, key, owner))
+
+    def owners(self) -> dict[tuple[str, str], str]:
+        return {(kind, key): owner for kind, key, owner in self._db.execute("SELECT kind, id, owner FROM owners")}
 
     def _connect(self) -> sqlite3.Connection:
         # The loop's connection may hold the file: wait for its locks rather than fail.

@@ -18,6 +18,8 @@ class BrokerMetrics:
         self.dispatch = Histogram("gpucell_dispatch_seconds", "cell submitted to sent to a worker (warm)", ["pool"],
                                   buckets=LATENCY_BUCKETS, registry=self.registry)
         self.cells = Counter("gpucell_cells", "cells by outcome", ["pool", "outcome"], registry=self.registry)
+        self.user_cells = Counter("gpucell_user_cells", "cells by user and outcome", ["user", "outcome"],
+                                  registry=self.registry)
         self.address = ""
 
     def serve(self, host: str, port: int) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc import aio
 
+from gpucell.broker.auth import AuthInterceptor
 from gpucell.broker.jobs_service import JobsService
 from gpucell.broker.service import BrokerService
 from gpucell.broker.config import BrokerConfig
@@ -37,10 +38,12 @@ class RunningBroker:
 
 async def start_server(config: BrokerConfig, client_token: str, worker_token: str) -> RunningBroker:
     limit = config.max_message_mb * 1024 * 1024
+    service = BrokerService(config, client_token, worker_token)
+    # Authentication reads only the metadata: a refused call's body is never received, let alone parsed.
     server = aio.server(options=[("grpc.max_send_message_length", limit),
                                  ("grpc.max_receive_message_length", limit),
-                                 ("grpc.so_reuseport", 0)])
-    service = BrokerService(config, client_token, worker_token)
+                                 ("grpc.so_reuseport", 0)],
+                        interceptors=[AuthInterceptor(service.authenticator)])
     pb_grpc.add_BrokerServicer_to_server(service, server)
     pb_grpc.add_WorkerHubServicer_to_server(service, server)
     pb_grpc.add_JobsServicer_to_server(JobsService(service), server)  # gpucell run --detach

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
 import os
@@ -16,30 +15,27 @@ from grpc import aio
 
 from gpucell import settings
 from gpucell.broker import scheduler as sch
+from gpucell.broker.auth import Authenticator, Identity, WorkerCredentials, caller
 from gpucell.broker.journal import Journal
 from gpucell.broker.lanes import LaneBook
 from gpucell.broker.metrics import BrokerMetrics
+from gpucell.broker.owners import Owners
 from gpucell.broker.provisioners import LaunchSpec, Provisioner, load_provisioner
+from gpucell.broker.refusal import Abort
 from gpucell.broker.runs import CellRun, LaunchRecord, WorkerConn
+from gpucell.broker.token_files import TokenFile
 from gpucell.broker.status import status_response
 from gpucell.broker.config import BrokerConfig
 from gpucell.hardware import KNOWN_LABELS, split_spec
 from gpucell.protocol import PROTOCOL_VERSION
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
-from gpucell.protocol.reasons import parsed, reason_metadata, shown
+from gpucell.protocol.reasons import parsed, shown
 from gpucell.settings import ENV_TLS_CA
 
 log = logging.getLogger("gpucell.broker")
 
 TICK_S = 0.1
-
-
-def _bearer(context: aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value[len("Bearer "):]
-    return ""
 
 
 class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
@@ -49,6 +45,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.config = config
         self.client_token = client_token
         self.worker_token = worker_token
+        # Who calls (the interceptor in server.py asks this) and what they may touch (every handler asks owners).
+        self.credentials = WorkerCredentials(worker_token, TokenFile(config.worker_tokens_file)
+                                             if config.worker_tokens_file else None)
+        self.authenticator = Authenticator(client_token, config.users_file, self.credentials)
         self.address = ""
         self.scheduler = sch.Scheduler({
             label: sch.PoolLimits(p.min_warm, p.max_workers, p.idle_timeout, p.max_workers_per_session,
@@ -63,6 +63,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.log_dir = config.state_dir or tempfile.mkdtemp(prefix="gpucell-broker-")
         self.metrics = BrokerMetrics()
         self.journal = Journal(os.path.join(self.log_dir, "journal.sqlite"))
+        self.owners = Owners(self.journal.record_owner, self.journal.owners())
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stimuli = itertools.count(1)
@@ -109,9 +110,14 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
 
     # ------------------------------------------------------------ auth and resolution
 
-    def _check(self, context: aio.ServicerContext, token: str) -> None:
-        if not hmac.compare_digest(_bearer(context).encode(), token.encode()):
-            raise Abort(grpc.StatusCode.UNAUTHENTICATED, pb.REASON_BAD_TOKEN, "invalid or missing gpucell token")
+    async def _session(self, context: aio.ServicerContext, session_id: str) -> Identity:
+        """The caller, once it may touch `session_id` (else PERMISSION_DENIED, sent)."""
+        identity = caller()
+        try:
+            self.owners.session(identity, session_id)
+        except Abort as abort:
+            await abort.send(context)
+        return identity
 
     def known_labels(self) -> list[str]:
         labels = set(self.config.pools)
@@ -148,7 +154,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
     async def CellExecute(self, request: pb.CellExecuteRequest,
                           context: aio.ServicerContext) -> AsyncIterator[pb.CellEvent]:
         try:
-            self._check(context, self.client_token)
+            identity = caller()
+            self.owners.claim(identity, request.session_id)
+            if request.owner:
+                self.owners.session(identity, request.owner)   # a fan-out slot works for one of the caller's notebooks
             if not request.cell_id or not request.session_id:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_BAD_REQUEST,
                             "cell_id and session_id are required")
@@ -176,8 +185,10 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
 
     async def CellAttach(self, request: pb.CellAttachRequest,
                          context: aio.ServicerContext) -> AsyncIterator[pb.CellEvent]:
-        await self._check_or_abort(context)
+        await self._session(context, request.session_id)
         run = self.cells.get(request.cell_id)
+        if request.lane_worker_id:
+            await self._worker(context, request.lane_worker_id)
         if run is None and request.lane_worker_id:
             run = self.lanes.run_lost(request)
         if run is None or run.request.session_id != request.session_id:
@@ -217,7 +228,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self.cells.pop(run.request.cell_id, None)
 
     async def CellCancel(self, request: pb.CellCancelRequest, context: aio.ServicerContext) -> pb.CellCancelResponse:
-        await self._check_or_abort(context)
+        await self._session(context, request.session_id)
         run = self.cells.get(request.cell_id)
         if run is None or run.request.session_id != request.session_id or run.done:
             return pb.CellCancelResponse(found=False)
@@ -225,11 +236,11 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         return pb.CellCancelResponse(found=True)
 
     async def StatusGet(self, request: pb.StatusGetRequest, context: aio.ServicerContext) -> pb.StatusGetResponse:
-        await self._check_or_abort(context)
-        return self.status(request.session_id)
+        identity = await self._session(context, request.session_id)
+        return self.status(request.session_id, identity)
 
     async def CatalogGet(self, request: pb.CatalogGetRequest, context: aio.ServicerContext) -> pb.CatalogGetResponse:
-        await self._check_or_abort(context)
+        caller()
         entries = [pb.CatalogEntry(label=label, price_per_hour=p.price_per_hour, max_workers=p.max_workers,
                                    simulate=p.simulate, served_by=label,
                                    max_workers_per_session=p.max_workers_per_session)
@@ -240,7 +251,14 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
 
     async def WorkerRelease(self, request: pb.WorkerReleaseRequest,
                             context: aio.ServicerContext) -> pb.WorkerReleaseResponse:
-        await self._check_or_abort(context)
+        identity = await self._session(context, request.session_id)
+        if not request.session_id and not request.worker_id:
+            try:
+                self.owners.release_any(identity)
+            except Abort as abort:
+                await abort.send(context)
+        if request.worker_id:
+            await self._worker(context, request.worker_id)
         pool = None
         if request.hardware:
             try:
@@ -262,26 +280,25 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
 
     async def SessionClose(self, request: pb.SessionCloseRequest,
                            context: aio.ServicerContext) -> pb.SessionCloseResponse:
-        await self._check_or_abort(context)
+        await self._session(context, request.session_id)
         self.handle(sch.SessionClosed(request.session_id, time.monotonic(),
                                       stimulus_id=self.stimulus(f"close-{request.session_id}")))
         return pb.SessionCloseResponse()
 
-    async def _check_or_abort(self, context: aio.ServicerContext) -> None:
-        try:
-            self._check(context, self.client_token)
-        except Abort as abort:
-            await abort.send(context)
+    async def _worker(self, context: aio.ServicerContext, worker_id: str) -> None:
+        """Refuse a worker that serves another user's session (an idle, unassigned one is nobody's)."""
+        worker = self.scheduler.workers.get(worker_id)
+        identity = caller()
+        if worker is not None and worker.session and not identity.admin \
+                and self.owners.user_of(worker.session) != identity.user:
+            await Abort(grpc.StatusCode.PERMISSION_DENIED, pb.REASON_NOT_OWNER,
+                        f"this worker is not {identity.user}'s").send(context)
 
     # ------------------------------------------------------------ WorkerHub service
 
     async def WorkerConnect(self, request_iterator: AsyncIterator[pb.WorkerMessage],
                             context: aio.ServicerContext) -> AsyncIterator[pb.WorkerInstruction]:
-        try:
-            self._check(context, self.worker_token)
-        except Abort as abort:
-            await abort.send(context)
-            return
+        identity = caller()
         first = await request_iterator.__anext__()
         if first.WhichOneof("kind") != "register":
             await Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_BAD_REQUEST,
@@ -294,6 +311,11 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                         f"worker {reg.worker_id} speaks gpucell protocol {reg.protocol_version or 'from before versions'}"
                         f", this broker speaks {PROTOCOL_VERSION}: install the same gpucell release on the worker "
                         "and the broker").send(context)
+            return
+        refusal = self._registration_refused(identity, reg.worker_id)
+        if refusal:
+            log.warning("refused worker registration as %r: %s", reg.worker_id, refusal)
+            await Abort(grpc.StatusCode.PERMISSION_DENIED, pb.REASON_NOT_OWNER, refusal).send(context)
             return
         conn = WorkerConn(reg.worker_id, reg.hardware, reg.pid, reg.node, dict(reg.versions),
                           lane_address=reg.lane_address, lane_ticket=reg.lane_ticket)
@@ -323,6 +345,24 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 # died): the scheduler gives the tick loop's poll a grace to say so.
                 self.handle(sch.WorkerDisconnected(conn.worker_id, time.monotonic(),
                                                    stimulus_id=self.stimulus(f"dropped-{conn.worker_id}")))
+
+    def _registration_refused(self, identity: Identity, worker_id: str) -> str:
+        """Why this credential may not register `worker_id` now ("" when it may): each credential is bound to one
+        id, a launch secret works once, a live id is never taken over, a launched id needs its own secret."""
+        if not worker_id:
+            return "a worker id is required"
+        if identity.worker_id and identity.worker_id != worker_id:
+            return f"this credential registers worker {identity.worker_id}, not {worker_id}"
+        if worker_id in self.conns:
+            return f"worker {worker_id} is already connected"
+        if identity.via == "operator" and worker_id in self.launches:
+            return f"worker {worker_id} was launched by this broker: only its own credential registers it"
+        if identity.via == "launch" and worker_id not in self.launches:
+            return f"worker {worker_id} was not launched by this broker"
+        if not self.credentials.consume(identity):
+            return f"the registration secret of worker {worker_id} was used already"
+        self.credentials.pending.pop(worker_id, None)   # registered: its launch secret is worth nothing now
+        return ""
 
     async def _read_worker(self, conn: WorkerConn, messages: AsyncIterator[pb.WorkerMessage]) -> None:
         try:
@@ -438,12 +478,15 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         env = {settings.env_var("max_blob_mb"): str(self.config.max_blob_mb)}
         if self.config.tls_cert and not settings.get("tls_ca"):
             env[ENV_TLS_CA] = self.config.tls_cert  # a self-signed certificate is its own CA
-        spec = LaunchSpec(worker_id, pool, self.worker_address(), self.worker_token, env=env, log_dir=self.log_dir)
+        # Its own credential: a one-time secret bound to this id, then a reconnect credential for the same id.
+        credential = self.credentials.issue(worker_id)
+        spec = LaunchSpec(worker_id, pool, self.worker_address(), credential, env=env, log_dir=self.log_dir)
         try:
             await provisioner.launch(spec)
         except Exception as exc:  # any launch failure fails the waiting cell with its reason (logged)
             log.exception("launch of %s failed", worker_id)
             self.launches.pop(worker_id, None)
+            self.credentials.pending.pop(worker_id, None)
             self._worker_gone(sch.WorkerGone(worker_id, time.monotonic(), f"launch failed: {exc}",
                                              stimulus_id=self.stimulus(f"launch-failed-{worker_id}")))
 
@@ -503,6 +546,7 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         run.done = True
         outcome = "ok" if finished.finished.ok else ("timeout" if run.timed_out else run.outcome)
         self.metrics.cells.labels(run.pool, outcome).inc()
+        self.metrics.user_cells.labels(self.owners.user_of(run.request.session_id), outcome).inc()
         run.push(finished)
         run.close()
         if run.attached == 0 and run.detach_timer is None:
@@ -562,19 +606,16 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
                 self.metrics.workers.labels(label, state.value).set(
                     sum(1 for w in self.scheduler.workers.values() if w.pool == label and w.state is state))
 
-    def status(self, session_id: str = "") -> pb.StatusGetResponse:
-        return status_response(self.config, self.scheduler, self.conns, self.session_names, session_id,
-                               self.address, self.metrics.address)
-
-
-class Abort(Exception):
-    """A refusal: its status code, its Reason (for the client's table) and the one line the user reads."""
-
-    def __init__(self, code: grpc.StatusCode, reason: int, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.reason = reason
-        self.details = details
-
-    async def send(self, context: aio.ServicerContext) -> None:
-        await context.abort(self.code, self.details, reason_metadata(self.reason))
+    def status(self, session_id: str = "", identity: Identity | None = None) -> pb.StatusGetResponse:
+        """What `identity` may see (None: the broker's own view, everything)."""
+        if identity is None or (identity.admin and not session_id):
+            def shown_in_full(session: str) -> bool:
+                return not session_id or session == session_id
+        elif session_id:
+            def shown_in_full(session: str) -> bool:
+                return session == session_id
+        else:
+            def shown_in_full(session: str) -> bool:
+                return self.owners.mine(identity, session)
+        return status_response(self.config, self.scheduler, self.conns, self.session_names, shown_in_full,
+                               self.address, self.metrics.address, self.owners.user_of)

@@ -164,6 +164,12 @@ def status_to_json(status: pb.StatusGetResponse) -> dict[str, Any]:
             "queued": pool.queued, "max_workers": pool.max_workers, "min_warm": pool.min_warm,
             "idle_timeout": pool.idle_timeout, "price_per_hour": pool.price_per_hour, "simulate": pool.simulate,
         }
-    sessions = [{"session": u.session, "session_name": u.session_name, "hardware": u.hardware,
+    sessions = [{"session": u.session, "session_name": u.session_name, "hardware": u.hardware, "user": u.user,
                  "worker_seconds": round(u.worker_seconds, 3), "cost": round(u.cost, 6)} for u in status.usage]
-    return {"pools": pools, "usage": {"sessions": sessions, "total_cost": round(sum(u.cost for u in status.usage), 6)}}
+    users: dict[str, dict[str, float]] = {}
+    for u in status.usage:
+        totals = users.setdefault(u.user, {"worker_seconds": 0.0, "cost": 0.0})
+        totals["worker_seconds"] = round(totals["worker_seconds"] + u.worker_seconds, 3)
+        totals["cost"] = round(totals["cost"] + u.cost, 6)
+    return {"pools": pools, "usage": {"sessions": sessions, "users": users,
+                                      "total_cost": round(sum(u.cost for u in status.usage), 6)}}

@@ -411,18 +411,20 @@ class PoolStatus(_message.Message):
     def __init__(self, label: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queued: _Optional[int] = ..., max_workers: _Optional[int] = ..., min_warm: _Optional[int] = ..., idle_timeout: _Optional[float] = ..., price_per_hour: _Optional[float] = ..., simulate: _Optional[bool] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("session", "hardware", "worker_seconds", "cost", "session_name")
+    __slots__ = ("session", "hardware", "worker_seconds", "cost", "session_name", "user")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     WORKER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     session: str
     hardware: str
     worker_seconds: float
     cost: float
     session_name: str
-    def __init__(self, session: _Optional[str] = ..., hardware: _Optional[str] = ..., worker_seconds: _Optional[float] = ..., cost: _Optional[float] = ..., session_name: _Optional[str] = ...) -> None: ...
+    user: str
+    def __init__(self, session: _Optional[str] = ..., hardware: _Optional[str] = ..., worker_seconds: _Optional[float] = ..., cost: _Optional[float] = ..., session_name: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
 
 class StatusGetResponse(_message.Message):
     __slots__ = ("pools", "usage", "broker_address", "metrics_address", "other_sessions")

@@ -27,6 +27,7 @@ from gpucell.protocol import PROTOCOL_VERSION
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
+from gpucell.remote_kernel.credential import take_worker_credential
 from gpucell.remote_kernel.lane import LaneActivityReporter, LaneOut, LaneServer
 from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
 
@@ -82,6 +83,7 @@ class Worker:
         self.shell: WorkerShell = make_shell(self)
         self._stop = threading.Event()
         self._refused = False        # the broker turned our token away
+        self._dialled = False        # the one-time registration secret is spent
         self._terminating = False    # SIGTERM
         self.served = False          # ran a cell: holds a session's state
         self.devices: list[hardware.GpuDevice] = []
@@ -225,7 +227,11 @@ class Worker:
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         channel = open_channel(self.broker, options)
         stub = pb_grpc.WorkerHubStub(channel)
-        responses = stub.WorkerConnect(self._requests(outbox), metadata=(("authorization", f"Bearer {self.token}"),))
+        # A launched worker's credential is "ONE-TIME-SECRET RECONNECT": the secret once, then the reconnect
+        # credential (bound to this id) for every redial; a join token is one word, used every time.
+        credentials = self.token.split() or [""]
+        token, self._dialled = credentials[-1 if self._dialled else 0], True
+        responses = stub.WorkerConnect(self._requests(outbox), metadata=(("authorization", f"Bearer {token}"),))
         threading.Thread(target=self._read, args=(responses, inbox), daemon=True, name="gpucell-reader").start()
         try:
             while True:
@@ -521,6 +527,7 @@ def run_worker(broker: str, hardware_label: str, worker_id: str, parent_pid: int
     """The one way a worker process starts (`gpucell worker`, `python -m gpucell.remote_kernel`, the fork server)."""
     if parent_pid:
         die_with_parent(parent_pid)
+    credential = take_worker_credential()  # before anything else: it may start this process again
     members = Members()
     members.guard()  # before any thread starts: it forks
-    return Worker(broker, hardware_label, worker_id, settings.get("worker_token"), members).run()
+    return Worker(broker, hardware_label, worker_id, credential, members).run()

@@ -15,6 +15,7 @@ from gpucell.broker.config import BrokerConfig
 from gpucell.broker.provisioners import LaunchSpec, Provisioner
 from gpucell.broker.provisioners.forkserver import ForkServer
 from gpucell.hardware import GpuAllocator, cuda_visible_devices, nvml_inventory
+from gpucell.process import secret_pipe
 from gpucell.settings import ENV_TOKEN, ENV_WORKER_TOKEN
 
 log = logging.getLogger("gpucell.broker.local")
@@ -42,7 +43,9 @@ def base_env() -> dict[str, str]:
 def worker_env(spec: LaunchSpec) -> dict[str, str]:
     env = base_env()
     env.update(spec.env)
-    env[ENV_WORKER_TOKEN] = spec.worker_token  # in the environment, never on a command line
+    # Never on a command line. The fork server hands this to its child, which takes it out of os.environ before
+    # any cell runs (its exec-time environment is the template's, which holds no token); Popen uses a pipe.
+    env[ENV_WORKER_TOKEN] = spec.worker_token
     env[settings.env_var("hardware")] = spec.pool.label
     env[settings.env_var("worker_id")] = spec.worker_id
     return env
@@ -154,12 +157,17 @@ class LocalProvisioner(Provisioner):
         log_file = subprocess.DEVNULL
         if spec.log_dir:
             log_file = open(Path(spec.log_dir) / f"{spec.worker_id}.log", "ab")  # noqa: SIM115 - owned by the child
+        env = worker_env(spec)
+        # The credential goes on a pipe: an exec-time environment stays readable in /proc/PID/environ.
+        token_fd = secret_pipe(env.pop(ENV_WORKER_TOKEN))
+        env[settings.env_var("worker_token_fd")] = str(token_fd)
         try:
             # Popen from the event loop's thread: PR_SET_PDEATHSIG in the child is tied to it.
             self._procs[spec.worker_id] = subprocess.Popen(
-                worker_command(spec), env=worker_env(spec), stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file, start_new_session=True)
+                worker_command(spec), env=env, stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=log_file, start_new_session=True, pass_fds=(token_fd,))
         finally:
+            os.close(token_fd)
             if log_file is not subprocess.DEVNULL:
                 log_file.close()
 

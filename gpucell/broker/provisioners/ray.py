@@ -20,6 +20,7 @@ from gpucell.broker.config import PoolConfig
 from gpucell.broker.provisioners import LaunchSpec, Provisioner
 from gpucell.errors import ConfigError
 from gpucell.hardware import parse_spec
+from gpucell.process import secret_pipe
 from gpucell.settings import ENV_TOKEN, ENV_WORKER_TOKEN
 
 try:
@@ -90,15 +91,20 @@ class WorkerActor:
         child_env.setdefault(settings.env_var("data_host"), ray.util.get_node_ip_address())
         child_env["PYTHONUNBUFFERED"] = "1"
         fd, self._log_path = tempfile.mkstemp(prefix="gpucell-worker-", suffix=".log")
+        # The credential goes on a pipe: an exec-time environment stays readable in /proc/PID/environ.
+        token_fd = secret_pipe(child_env.pop(ENV_WORKER_TOKEN, ""))
+        child_env[settings.env_var("worker_token_fd")] = str(token_fd)
         try:
             # --parent-pid: the worker dies with this actor (PR_SET_PDEATHSIG), so `ray.kill`,
             # a lost node or a stopped broker (which owns the actor) leaves no process behind.
             # Sync actor methods run on the process's main thread, which lives as long as it does.
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "gpucell.remote_kernel", *args, "--parent-pid", str(os.getpid())],
-                env=child_env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+                env=child_env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
+                pass_fds=(token_fd,))
         finally:
             os.close(fd)
+            os.close(token_fd)
         return node_id, self._proc.pid
 
     def wait(self) -> tuple[int, str]:
