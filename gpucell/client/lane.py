@@ -26,8 +26,10 @@ class LaneLost(Exception):
 class Lane:
     """One TCP connection to one worker, used for one cell at a time by one Session."""
 
-    def __init__(self, started: pb.Started) -> None:
+    def __init__(self, started: pb.Started, exact: bool = False) -> None:
         self.pool = started.hardware
+        # The broker served the requested hardware itself, or checked --strict for it: not a CPU fallback.
+        self.exact = exact
         self.worker_id = started.worker_id
         self.address = started.lane_address
         self.ticket = started.lane_ticket
@@ -91,10 +93,10 @@ class Lane:
 class Lanes(dict[str, Lane]):
     """One session's lanes: requested hardware -> the direct lane to its warm worker."""
 
-    def offer(self, hardware: str, started: pb.Started) -> None:
+    def offer(self, hardware: str, started: pb.Started, exact: bool = False) -> None:
         """The broker started a cell on a worker that takes lanes: the next warm cell goes there."""
         self.drop(self.get(hardware))
-        self[hardware] = Lane(started)
+        self[hardware] = Lane(started, exact)
 
     def drop(self, lane: Lane | None) -> None:
         if lane is None:

@@ -13,16 +13,40 @@ from gpucell.client.broker_client import BrokerClient
 from gpucell.client.lane import Lane, LaneClosed, LaneLost, Lanes
 from gpucell.client.request import CellOptions
 from gpucell.errors import GpucellError
+from gpucell.hardware import split_spec
 from gpucell.protocol import gpucell_pb2 as pb
 
 CANCEL_DRAIN_S = 10.0
 LOST_REASON_WAIT_S = 8.0  # the broker may take a few seconds to learn why a worker died
 
 
+def lane_takes(lane: Lane, options: CellOptions) -> bool:
+    """Whether a warm cell may go over `lane` and still be checked as the broker checks it: every option
+    gives the same result on either route. The broker's own options (--fresh, --timeout, --idle) go there;
+    --strict may take the lane only when the lane's worker is the hardware asked for (a lane opened by a
+    CPU fallback cell would run a strict cell on the CPU), else the broker refuses it as it refuses a cold
+    one."""
+    if options.fresh or options.timeout_s or options.idle_s:
+        return False
+    return lane.exact or not options.strict
+
+
+def exact_pool(requested: str, pool: str, strict: bool) -> bool:
+    """The pool is the hardware asked for (a strict cell's is, or the broker would have refused it)."""
+    if strict:
+        return True
+    try:
+        base = split_spec(requested)[0] if requested.strip() else ""
+    except ValueError:
+        return False
+    return bool(base) and base.lower() == pool.lower()
+
+
 class Route(ABC):
     """One interface for both ways a cell's request goes out and its events come back."""
 
     direct = False   # the cell in flight went straight to its worker (CellReport.lane)
+    worker_id = ""   # the worker the cell goes to, when known before it is sent (a lane's)
 
     @abstractmethod
     def events(self, request: pb.CellExecuteRequest, options: CellOptions) -> Iterator[pb.CellEvent]:
@@ -45,7 +69,8 @@ class BrokerRoute(Route):
         for event in self.client.execute(request):
             kind = event.WhichOneof("kind")
             if kind == "started" and event.started.lane_address and options.lane:
-                self.lanes.offer(request.hardware, event.started)
+                self.lanes.offer(request.hardware, event.started,
+                                 exact_pool(request.hardware, event.started.hardware, options.strict))
             elif kind == "finished" and request.hardware in self.lanes:
                 self.lanes[request.hardware].last_active = time.monotonic()
             yield event
@@ -78,6 +103,7 @@ class LaneRoute(Route):
         """This route, for the next cell, over `lane`."""
         self._lane = lane
         self.direct = True
+        self.worker_id = lane.worker_id
         return self
 
     def events(self, request: pb.CellExecuteRequest, options: CellOptions) -> Iterator[pb.CellEvent]:
@@ -115,4 +141,4 @@ class LaneRoute(Route):
             yield pb.CellEvent(cell_id=request.cell_id, finished=pb.Finished(ok=False))
 
 
-__all__ = ["BrokerRoute", "LaneRoute", "Route"]
+__all__ = ["BrokerRoute", "LaneRoute", "Route", "exact_pool", "lane_takes"]

@@ -17,8 +17,9 @@ from gpucell.client.broker_client import BrokerClient
 from gpucell.client.errors_table import CELL_ERRORS
 from gpucell.client.lane import Lanes
 from gpucell.client.namespace_update import Parts, apply_update, inline_parts, one_line, plan_update, to_fetch
+from gpucell.client.process_state import ProcessStates
 from gpucell.client.request import CellOptions, OutgoingCell, build_request, cell_names
-from gpucell.client.routes import BrokerRoute, LaneRoute, Route
+from gpucell.client.routes import BrokerRoute, LaneRoute, Route, lane_takes
 from gpucell.client.sink import Sink
 from gpucell.errors import (ConfigError, DataPathError, GpucellError, RemoteError,
                             RemoteRefError, UnknownHardwareError, WorkerLostError)
@@ -65,6 +66,7 @@ class Session:
         self.lanes = Lanes()                   # requested hardware -> the direct lane to its warm worker
         self._broker_route = BrokerRoute(client, self.lanes)
         self._lane_route = LaneRoute(self.lanes, self._broker_route)
+        self.states = ProcessStates()          # the notebook's process state each worker has (RNGs, rcParams, ...)
 
     # ------------------------------------------------------------ checks before sending
 
@@ -116,10 +118,10 @@ class Session:
 
     def _route(self, request: pb.CellExecuteRequest, options: CellOptions) -> Route:
         """A warm cell goes straight to its worker over the lane; anything else (a first cell, --fresh,
-        --timeout, --idle, a lane that is gone) through the broker, which then offers a lane."""
+        --timeout, --idle, --strict on a lane a CPU fallback opened, a lane that is gone) through the broker,
+        which then offers a lane."""
         lane = self.lanes.get(request.hardware)
-        if (lane is not None and options.lane and lane.usable()
-                and not (options.fresh or options.timeout_s or options.idle_s)):
+        if lane is not None and options.lane and lane.usable() and lane_takes(lane, options):
             return self._lane_route.take(lane)
         return self._broker_route
 
@@ -132,6 +134,7 @@ class Session:
         result: pb.Result | None = None
         error: pb.Error | None = None
         route = self._route(request, options)
+        request.process_state = self.states.outgoing(route.worker_id)
         events = route.events(request, options)
         try:
             for event in events:
@@ -148,6 +151,7 @@ class Session:
                     sink.phase(f"queued: #{event.queued.position} for {event.queued.hardware}")
                 elif kind == "started":
                     report.lane = route.direct
+                    self.states.started(event.started.worker_id)
                     self._on_started(report, event.started, request.hardware)
                     sink.status(f"gpucell: running on {event.started.hardware} worker {event.started.worker_id}"
                                 f"{' (cold start)' if event.started.cold else ''}")
@@ -158,6 +162,9 @@ class Session:
                         sink.phase(event.notice.text)
                 elif kind == "transfer":
                     self._send_inputs(outgoing, event.transfer, route, events)
+                elif kind == "process_state":
+                    for line in self.states.incoming(report.worker_id, event.process_state.data):
+                        sink.phase(line)
                 elif kind == "result":
                     result = event.result
                 elif kind == "error":
@@ -179,6 +186,8 @@ class Session:
         report.assigned, report.refs, report.kept_remote = update.assigned, update.refs, update.kept_remote
         for note in report.kept_remote:
             sink.phase(note)
+        for note in filter(None, (self.refs[n].kept_notice() for n in update.refs if n in self.refs)):
+            sink.phase(note)   # it cannot travel: say so once, where it was made, not when it is next touched
         return report
 
     def _send_inputs(self, outgoing: OutgoingCell, ask: pb.Transfer, route: Route,

@@ -14,6 +14,11 @@ class RemoteRefAccessError(RemoteRefError, AttributeError):
     """Raised for attribute access on a RemoteRef (an AttributeError, so hasattr() stays sane)."""
 
 
+class RemoteRefUseError(RemoteRefError, TypeError):
+    """Raised when a RemoteRef is used as its value would be (next(), len(), +, [i], ...): a TypeError as well,
+    as Python raises for an object that does not support the operation, so `except TypeError` still works."""
+
+
 class RemoteRef:
     """A value that lives on a worker; use it in a later %%gpu cell or fetch it with %gpu_pull."""
 
@@ -41,8 +46,8 @@ class RemoteRef:
 
     def _refuse(self, what: str) -> NoReturn:
         if self.lost:
-            raise RemoteRefError(self.lost_message())
-        raise RemoteRefError(f"{self.name!r} is a RemoteRef ({self.type_name} on {self.hardware} worker "
+            raise RemoteRefUseError(self.lost_message())
+        raise RemoteRefUseError(f"{self.name!r} is a RemoteRef ({self.type_name} on {self.hardware} worker "
                              f"{self.worker_id}): {what} needs the value here; run %gpu_pull {self.name} "
                              f"or use it inside a %%gpu cell")
 
@@ -80,6 +85,40 @@ class RemoteRef:
     def __reduce__(self) -> Any:
         self._refuse("pickling")
 
+    def __setattr__(self, attr: str, value: Any) -> None:
+        if attr not in RemoteRef.__slots__:
+            self._refuse(f"setting .{attr}")
+        object.__setattr__(self, attr, value)
+
+    def kept_notice(self) -> str:
+        """One line for a value that stayed on the worker because it cannot travel ("" for one that stayed
+        on purpose: --keep, device-bound, over the return limit)."""
+        if not self.reason.startswith("unpicklable"):
+            return ""
+        return (f"gpucell: {self.name} stays on the worker (a {self.type_name} cannot be pickled); "
+                f"%gpu_pull {self.name} brings a copy if it can")
+
+
+def _refusing(what: str) -> Any:
+    def method(self: RemoteRef, *args: Any, **kwargs: Any) -> Any:
+        self._refuse(what)
+    return method
+
+
+# Every protocol a value may have: the RemoteRef says what it is and how to pull it, never a bare TypeError.
+for _dunder, _what in [("next", "next()"), ("reversed", "reversed()"), ("contains", "`in`"),
+                       ("setitem", "item assignment"), ("delitem", "item deletion"), ("neg", "unary -"),
+                       ("pos", "unary +"), ("abs", "abs()"), ("invert", "the ~ operator"), ("int", "int()"),
+                       ("float", "float()"), ("complex", "complex()"), ("index", "use as an index"),
+                       ("round", "round()"), ("trunc", "math.trunc()"), ("floor", "math.floor()"),
+                       ("ceil", "math.ceil()"), ("enter", "a with statement"), ("exit", "a with statement"),
+                       ("await", "await"), ("aiter", "async iteration"), ("anext", "anext()"),
+                       ("bytes", "bytes()"), ("fspath", "use as a path"), ("divmod", "divmod()"),
+                       ("rdivmod", "divmod()"), ("lshift", "the << operator"), ("rlshift", "the << operator"),
+                       ("rshift", "the >> operator"), ("rrshift", "the >> operator"), ("length_hint", "len()"),
+                       ("buffer", "the buffer protocol"), ("dlpack", "DLPack conversion")]:
+    setattr(RemoteRef, f"__{_dunder}__", _refusing(_what))
+
 
 def _binary(op: str) -> Any:
     def method(self: RemoteRef, *args: Any) -> Any:
@@ -89,10 +128,11 @@ def _binary(op: str) -> Any:
 
 for _name, _op in [("add", "+"), ("sub", "-"), ("mul", "*"), ("truediv", "/"), ("floordiv", "//"),
                    ("mod", "%"), ("pow", "**"), ("matmul", "@"), ("and", "&"), ("or", "|"), ("xor", "^"),
-                   ("lt", "<"), ("le", "<="), ("gt", ">"), ("ge", ">=")]:
+                   ("lt", "<"), ("le", "<="), ("gt", ">"), ("ge", ">="), ("lshift", "<<"), ("rshift", ">>")]:
     setattr(RemoteRef, f"__{_name}__", _binary(_op))
     if _name not in ("lt", "le", "gt", "ge"):
         setattr(RemoteRef, f"__r{_name}__", _binary(_op))
+        setattr(RemoteRef, f"__i{_name}__", _binary(f"{_op}="))
 
 
 def _human(size: int) -> str:

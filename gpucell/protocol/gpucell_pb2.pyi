@@ -104,7 +104,7 @@ class CellOptions(_message.Message):
     def __init__(self, timeout_s: _Optional[float] = ..., idle_s: _Optional[float] = ..., fresh: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., pull: _Optional[_Iterable[str]] = ..., keep: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., strict: _Optional[bool] = ..., return_limit: _Optional[int] = ...) -> None: ...
 
 class CellExecuteRequest(_message.Message):
-    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name", "owner", "client_boot_id", "cell_filename")
+    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name", "owner", "client_boot_id", "cell_filename", "process_state")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class CellExecuteRequest(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     CLIENT_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     CELL_FILENAME_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_STATE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     cell_id: str
     hardware: str
@@ -137,10 +138,11 @@ class CellExecuteRequest(_message.Message):
     owner: str
     client_boot_id: str
     cell_filename: str
-    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ..., owner: _Optional[str] = ..., client_boot_id: _Optional[str] = ..., cell_filename: _Optional[str] = ...) -> None: ...
+    process_state: bytes
+    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ..., owner: _Optional[str] = ..., client_boot_id: _Optional[str] = ..., cell_filename: _Optional[str] = ..., process_state: _Optional[bytes] = ...) -> None: ...
 
 class CellEvent(_message.Message):
-    __slots__ = ("cell_id", "time", "seq", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer")
+    __slots__ = ("cell_id", "time", "seq", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer", "process_state")
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +155,7 @@ class CellEvent(_message.Message):
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_STATE_FIELD_NUMBER: _ClassVar[int]
     cell_id: str
     time: float
     seq: int
@@ -165,7 +168,8 @@ class CellEvent(_message.Message):
     finished: Finished
     notice: Notice
     transfer: Transfer
-    def __init__(self, cell_id: _Optional[str] = ..., time: _Optional[float] = ..., seq: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., stream: _Optional[_Union[Stream, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ...) -> None: ...
+    process_state: ProcessState
+    def __init__(self, cell_id: _Optional[str] = ..., time: _Optional[float] = ..., seq: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., stream: _Optional[_Union[Stream, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., process_state: _Optional[_Union[ProcessState, _Mapping]] = ...) -> None: ...
 
 class Transfer(_message.Message):
     __slots__ = ("address", "ticket", "hashes")
@@ -315,6 +319,12 @@ class Finished(_message.Message):
     bytes_out: int
     ok: bool
     def __init__(self, queue_s: _Optional[float] = ..., cold_start_s: _Optional[float] = ..., run_s: _Optional[float] = ..., transfer_s: _Optional[float] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., ok: _Optional[bool] = ...) -> None: ...
+
+class ProcessState(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class Notice(_message.Message):
     __slots__ = ("text",)

@@ -29,6 +29,7 @@ from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
 from gpucell.remote_kernel.credential import take_worker_credential
 from gpucell.remote_kernel.lane import LaneActivityReporter, LaneOut, LaneServer
+from gpucell.remote_kernel.process_state import WorkerState, present_as_kernel
 from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
 
 TRANSFER_TIMEOUT_S = 600.0
@@ -81,6 +82,8 @@ class Worker:
         self.cancelled_cell = ""
         self.interruptible = False
         self.shell: WorkerShell = make_shell(self)
+        present_as_kernel(self.shell)
+        self.process_state = WorkerState()   # the notebook's RNG seeds, rcParams, options, cwd, ... (state.py)
         self._stop = threading.Event()
         self._refused = False        # the broker turned our token away
         self._dialled = False        # the one-time registration secret is spent
@@ -365,6 +368,12 @@ class Worker:
         self._trim_cache()
         return result, sent
 
+    def _send_process_state(self, cell: str) -> None:
+        """What the cell moved of the process's state goes back before its result or error, as with a local cell."""
+        moved = self.process_state.after()
+        if moved:
+            self._emit(cell, process_state=pb.ProcessState(data=moved))
+
     def _share(self, req: pb.CellExecuteRequest, packed: serialize.Packed) -> SharedCopy | None:
         """A client on this kernel gets large outputs as memfds: written now, on the cell's thread, so that
         the worker's own copy can move onto the same pages (_move_onto)."""
@@ -422,6 +431,8 @@ class Worker:
                 return
             self.lane_activity.started(req.session_id, cell)
         try:
+            for line in self.process_state.before(req.process_state):
+                self.stream("stderr", line)
             received, inputs = self._prepare(req)
             if self.cancelled_cell == cell:
                 raise PrepareError("KeyboardInterrupt", "cancelled before it started")
@@ -433,6 +444,7 @@ class Worker:
                 self.shell.run_cell(req.source, store_history=True)
             finally:
                 self.interruptible = False
+            self._send_process_state(cell)
             error = self.shell.last_error
             if error is not None:
                 ename, evalue, stb = error
