@@ -54,6 +54,8 @@ CASES = [
                                    "print('after')")]),
     # ---- rule 6: a result is a result
     Case("last expression is an execute_result", [gpu("40 + 2")], waits_for="a result is a result"),
+    Case("no worker credential where a cell looks", [gpu("import os\nprint('GPUCELL_WORKER_TOKEN' in os.environ, "
+                                                        "b'GPUCELL_WORKER_TOKEN=' in open('/proc/self/environ', 'rb').read())")]),
     Case("_ after a gpu cell", [gpu("40 + 2"), local("print(_)")], waits_for="a result is a result"),
     Case("trailing semicolon", [gpu("40 + 2;"), gpu("1 + 1"), local("print(len(Out), _)")],
          waits_for="a result is a result"),
