@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from types import TracebackType
+from typing import Callable
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -64,7 +66,17 @@ class RemoteRefError(GpucellError):
 
 
 class RemoteError(GpucellError):
-    """The cell raised on the worker; carries the remote exception's name, value and traceback."""
+    """The cell raised on the worker; carries the remote exception's name, value and traceback.
+
+    The error a cell raises is also an instance of the remote exception's type when that type is importable
+    here (a KeyError is a KeyError): gpucell.client.remote_errors makes it."""
+
+    ename: str = ""
+    evalue: str = ""
+    remote_traceback: list[str] = []
+    hardware: str = ""
+    remote_tb: TracebackType | None = None   # the remote frames as a traceback, for a local formatter
+    render: Callable[[], list[str]] | None = None   # set by a front end: the traceback in its own formatter
 
     def __init__(self, ename: str, evalue: str, traceback: list[str] | None = None, hardware: str = "") -> None:
         super().__init__(f"{ename}: {evalue}" if evalue else ename)
@@ -80,6 +92,8 @@ class RemoteError(GpucellError):
 
     def _render_traceback_(self) -> list[str]:
         # The remote frames, rendered like a local traceback, so the notebook shows the user's line.
+        if self.render is not None:
+            return self.render()
         where = f" (on {self.hardware} worker)" if self.hardware else ""
         header = f"RemoteError{where}:"
         return [header, *self.remote_traceback] if self.remote_traceback else [header, str(self)]

@@ -6,7 +6,6 @@ This module runs them in order, turns events into output and the report, and kee
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator, MutableMapping
@@ -20,8 +19,9 @@ from gpucell.client.namespace_update import Parts, apply_update, inline_parts, o
 from gpucell.client.process_state import ProcessStates
 from gpucell.client.request import CellOptions, OutgoingCell, build_request, cell_names
 from gpucell.client.routes import BrokerRoute, LaneRoute, Route, lane_takes
-from gpucell.client.sink import Sink
-from gpucell.errors import (ConfigError, DataPathError, GpucellError, RemoteError,
+from gpucell.client.remote_errors import remote_error, remote_interrupt
+from gpucell.client.sink import Sink, relay_display
+from gpucell.errors import (ConfigError, DataPathError, GpucellError,
                             RemoteRefError, UnknownHardwareError, WorkerLostError)
 from gpucell.hardware import split_spec
 from gpucell.namespace import transfer
@@ -104,11 +104,12 @@ class Session:
     # ------------------------------------------------------------ running
 
     def run_cell(self, source: str, user_ns: MutableMapping[str, Any], options: CellOptions, sink: Sink,
-                 *, skip: set[str] | None = None, execution_count: int = 0) -> CellReport:
-        """Run one cell remotely; with options.retries, a lost worker means another try on a new one."""
+                 *, skip: set[str] | None = None, execution_count: int = 0, cell_filename: str = "") -> CellReport:
+        """Run one cell remotely; with options.retries, a lost worker means another try on a new one.
+        `cell_filename`: the file name the notebook's kernel gives the cell (tracebacks, warnings)."""
         for attempt in range(options.retries + 1):
             try:
-                return self._run_once(source, user_ns, options, sink, skip, execution_count)
+                return self._run_once(source, user_ns, options, sink, skip, execution_count, cell_filename)
             except WorkerLostError as exc:
                 if attempt == options.retries:
                     raise
@@ -126,9 +127,10 @@ class Session:
         return self._broker_route
 
     def _run_once(self, source: str, user_ns: MutableMapping[str, Any], options: CellOptions, sink: Sink,
-                  skip: set[str] | None, execution_count: int) -> CellReport:
+                  skip: set[str] | None, execution_count: int, cell_filename: str = "") -> CellReport:
         outgoing = self.build_request(source, user_ns, options, skip or set(), execution_count)
         request = outgoing.request
+        request.cell_filename = cell_filename
         report = CellReport(cell_id=request.cell_id)
         self.last_report = report
         result: pb.Result | None = None
@@ -142,8 +144,7 @@ class Session:
                 if kind == "stream":
                     sink.stream(event.stream.name, event.stream.text)
                 elif kind == "display":
-                    sink.display(json.loads(event.display.data_json), json.loads(event.display.metadata_json or "{}"),
-                                 event.display.execute_result)
+                    relay_display(sink, event.display)
                 elif kind == "queued" and event.queued.position == 0:
                     sink.status(f"gpucell: starting a {event.queued.hardware} worker…")
                 elif kind == "queued":
@@ -177,7 +178,7 @@ class Session:
             route.cancel(request, events)
             raise
         if error is not None:
-            raise self._error(error, request, report)
+            raise self._error(error, request, report, user_ns)
         if result is None:
             raise WorkerLostError("the cell ended without a result (broker or worker went away)")
         update = plan_update(result, self._parts(result), hardware=report.hardware, worker_id=report.worker_id,
@@ -188,6 +189,11 @@ class Session:
             sink.phase(note)
         for note in filter(None, (self.refs[n].kept_notice() for n in update.refs if n in self.refs)):
             sink.phase(note)   # it cannot travel: say so once, where it was made, not when it is next touched
+        out = f"_{execution_count}"   # the cell's value comes back under the name a kernel gives it
+        if execution_count and (out in update.assigned or out in update.refs):
+            report.assigned = [n for n in update.assigned if n != out]
+            report.refs = [n for n in update.refs if n != out]
+            sink.result(user_ns[out])
         return report
 
     def _send_inputs(self, outgoing: OutgoingCell, ask: pb.Transfer, route: Route,
@@ -243,10 +249,11 @@ class Session:
         self.workers[started.hardware] = started.worker_id
         self.worker_versions[requested_hardware] = dict(started.versions)
 
-    def _error(self, error: pb.Error, request: pb.CellExecuteRequest, report: CellReport) -> BaseException:
+    def _error(self, error: pb.Error, request: pb.CellExecuteRequest, report: CellReport,
+               user_ns: MutableMapping[str, Any]) -> BaseException:
         cls = CELL_ERRORS.get(error.kind)
         if cls is KeyboardInterrupt:
-            return KeyboardInterrupt()
+            return remote_interrupt(error)
         if cls is not None:
             if issubclass(cls, WorkerLostError):
                 self.mark_lost(report.worker_id)
@@ -258,7 +265,7 @@ class Session:
                     self.mark_lost(ref.worker_id)  # the cell ran elsewhere: that worker is gone
             lost = [self.refs[n] for n in request.refs if n in self.refs and self.refs[n].lost]
             return RemoteRefError(lost[0].lost_message() if lost else error.evalue)
-        return RemoteError(error.ename, error.evalue, list(error.traceback), hardware=report.hardware)
+        return remote_error(error, report.hardware, user_ns)
 
     def mark_lost(self, worker_id: str) -> None:
         if not worker_id:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
+
+from gpucell.protocol import gpucell_pb2 as pb
 
 
 class Sink:
@@ -27,6 +30,25 @@ class Sink:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
 
+    def display_update(self, data: dict[str, Any], metadata: dict[str, Any], display_id: str, update: bool) -> None:
+        """display(..., display_id=...) (update False) or its handle's update(): without ids, the first shows."""
+        if not update:
+            self.display(data, metadata, False)
+
+    def clear_output(self, wait: bool) -> None:
+        """clear_output() in the cell: a plain process has nothing to clear."""
+
+    def page(self, data: dict[str, Any], start: int) -> None:
+        """The pager's payload (`obj?`, %prun): a plain process prints its text."""
+        self.stream("stdout", str(data.get("text/plain", "")) + "\n")
+
+    def local_magic(self, line: str) -> None:
+        """%who / %whos in the cell: shown from the namespace of the process the sink writes into."""
+
+    def result(self, value: Any) -> None:
+        """The value of the cell's last expression, after its execute_result bundle (display with
+        execute_result=True): a notebook sets `_`, `Out[N]` with it."""
+
     def status(self, text: str, final: bool = False) -> None:
         """The cell's phase line (starting, running on, done in / cost), for sinks that update one in place."""
 
@@ -47,6 +69,33 @@ class ForwardingSink(Sink):
     def phase(self, text: str) -> None:
         self.sink.phase(text)
 
+    def display_update(self, data: dict[str, Any], metadata: dict[str, Any], display_id: str, update: bool) -> None:
+        self.sink.display_update(data, metadata, display_id, update)
+
+    def clear_output(self, wait: bool) -> None:
+        self.sink.clear_output(wait)
+
+    def page(self, data: dict[str, Any], start: int) -> None:
+        self.sink.page(data, start)
+
+
+def relay_display(sink: Sink, display: pb.Display) -> None:
+    """A Display event to the sink method the Jupyter protocol gives it (display, update, clear, pager)."""
+    if display.clear:
+        sink.clear_output(display.clear_wait)
+        return
+    if display.local_magic:
+        sink.local_magic(display.local_magic)
+        return
+    data = json.loads(display.data_json)
+    metadata = json.loads(display.metadata_json or "{}")
+    if display.page:
+        sink.page(data, int(metadata.get("start", 0)))
+    elif display.display_id or display.update:
+        sink.display_update(data, metadata, display.display_id, display.update)
+    else:
+        sink.display(data, metadata, display.execute_result)
+
 
 def first_phase(seen: set[str], text: str) -> bool:
     """For sinks that show many cells' phases as one (a map): queue positions never, each other line once."""
@@ -56,4 +105,4 @@ def first_phase(seen: set[str], text: str) -> bool:
     return True
 
 
-__all__ = ["ForwardingSink", "Sink", "first_phase"]
+__all__ = ["ForwardingSink", "Sink", "first_phase", "relay_display"]

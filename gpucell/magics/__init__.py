@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpucell.magics import cell_behaviour
 from gpucell.magics.comm import register_comm
 from gpucell.magics.magics import GPUCell, GPUCellMagics, connect
 from gpucell.magics.map_magic import GPUMapMagics
@@ -21,6 +22,7 @@ def load(shell: Any) -> GPUCellMagics:
 
     register_comm(shell, set_default, lambda: magics.session.default_hardware)
     shell._gpucell_magics = magics
+    shell._gpucell_syntax_check = cell_behaviour.install(shell)
     return magics
 
 
@@ -29,3 +31,5 @@ def unload(shell: Any) -> None:
     if magics is not None:
         magics.close()
         del shell._gpucell_magics
+    cell_behaviour.uninstall(shell, getattr(shell, "_gpucell_syntax_check", None))
+    shell._gpucell_syntax_check = None

@@ -12,7 +12,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import display, publish_display_data
+from IPython.display import clear_output, display, publish_display_data
 from traitlets import Bool, Float, Int, Unicode
 from traitlets.config import Configurable
 
@@ -21,7 +21,8 @@ from gpucell.client import BrokerClient
 from gpucell.client.session import CellOptions, Session
 from gpucell.client.sink import Sink
 from gpucell import settings as gpucell_settings
-from gpucell.errors import ConfigError, RemoteRefError
+from gpucell.errors import ConfigError, RemoteError, RemoteRefError
+from gpucell.magics.cell_behaviour import NotebookOutput, cell_filename, clean_interrupt, in_notebook_formatter
 from gpucell.magics.status_view import status_html, status_text
 from gpucell.namespace.remote_ref import RETURN_LIMIT_MB, RemoteRef
 
@@ -41,9 +42,10 @@ class NotebookSink(Sink):
     """Live output into the notebook: streams as written, displays as MIME bundles, and in a Jupyter
     kernel one phase line per cell (queued, starting, running on, done in / cost) updated in place."""
 
-    def __init__(self, in_kernel: bool = False) -> None:
+    def __init__(self, in_kernel: bool = False, shell: Any = None) -> None:
         self.in_kernel = in_kernel
         self._handle: Any = None
+        self.out = NotebookOutput(shell) if shell is not None else None
 
     def begin(self) -> None:
         """A new cell: its phase line is a new output (an interrupted cell's line stays as it was)."""
@@ -62,7 +64,31 @@ class NotebookSink(Sink):
             self._handle = None
 
     def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
+        if execute_result and self.out is not None:
+            self.out.execute_result(data, metadata)
+            return
         publish_display_data(data, metadata)
+
+    def result(self, value: Any) -> None:
+        if self.out is not None:
+            self.out.result(value)
+
+    def display_update(self, data: dict[str, Any], metadata: dict[str, Any], display_id: str, update: bool) -> None:
+        publish_display_data(data, metadata, transient={"display_id": display_id}, update=update)
+
+    def clear_output(self, wait: bool) -> None:
+        clear_output(wait=wait)
+        self._handle = None   # the phase line went with the rest: the next one is a new output
+
+    def page(self, data: dict[str, Any], start: int) -> None:
+        if self.out is not None:
+            self.out.page(data, start)
+        else:
+            super().page(data, start)
+
+    def local_magic(self, line: str) -> None:
+        if self.out is not None:
+            self.out.local_magic(line)
 
     def phase(self, text: str) -> None:
         if self.in_kernel and text.startswith("queued:"):
@@ -98,7 +124,7 @@ class GPUCellMagics(Magics):
         self.settings = settings
         self.session = session
         self.broker = broker
-        self.sink: Sink = NotebookSink(in_kernel=getattr(shell, "kernel", None) is not None)
+        self.sink: Sink = NotebookSink(in_kernel=getattr(shell, "kernel", None) is not None, shell=shell)
         self.closed = False
         self._parsed: dict[str, argparse.Namespace] = {}   # %%gpu option line -> its parse (read only)
         if settings.default_hardware:
@@ -123,8 +149,14 @@ class GPUCellMagics(Magics):
         """Run this cell on a remote worker, with the variables it reads; what it assigns comes back."""
         options = self.parse_options(line)
         self.sink.begin()
-        self.session.run_cell(cell, self.shell.user_ns, options, self.sink, skip=self.skip_names(),
-                              execution_count=self.shell.execution_count)
+        try:
+            self.session.run_cell(cell, self.shell.user_ns, options, self.sink, skip=self.skip_names(),
+                                  execution_count=self.shell.displayhook.prompt_count,  # In[N] (IPython 8 and 9)
+                                  cell_filename=cell_filename(self.shell, cell))
+        except RemoteError as exc:
+            raise in_notebook_formatter(self.shell, exc) from None
+        except KeyboardInterrupt as exc:
+            raise clean_interrupt(self.shell, exc) from None
 
     def parse_options(self, line: str) -> CellOptions:
         """%%gpu's option line → CellOptions, or a one-line UsageError/ConfigError naming the option."""

@@ -107,10 +107,11 @@ class Worker:
         if self.current_cell:
             self._emit(self.current_cell, stream=pb.Stream(name=name, text=text))
 
-    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool) -> None:
+    def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool, **fields: Any) -> None:
         if self.current_cell:
             self._emit(self.current_cell, display=pb.Display(
-                data_json=mime_json(data), metadata_json=mime_json(metadata), execute_result=execute_result))
+                data_json=mime_json(data), metadata_json=mime_json(metadata), execute_result=execute_result,
+                **fields))
 
     # ------------------------------------------------------------ connection
 
@@ -441,7 +442,7 @@ class Worker:
             self.shell.last_error = None
             self.interruptible = True
             try:
-                self.shell.run_cell(req.source, store_history=True)
+                self.shell.run_notebook_cell(req.source, req.cell_filename)
             finally:
                 self.interruptible = False
             self._send_process_state(cell)
@@ -450,8 +451,10 @@ class Worker:
                 ename, evalue, stb = error
                 cancelled = ename == "KeyboardInterrupt" and self.cancelled_cell == cell
                 kind = pb.Error.CANCELLED if cancelled else pb.Error.USER
-                self._emit(cell, error=pb.Error(ename=ename, evalue=evalue, traceback=stb, kind=kind))
+                self._emit(cell, error=self.shell.error_message(kind))
             else:
+                if self.shell.result_name and req.execution_count:
+                    req.assigns.append(self.shell.result_name)  # the cell's value returns as `_N` (a result is a result)
                 result, sent = self._collect(req, inputs)
                 self._emit(cell, result=result)
                 ok = True

@@ -47,18 +47,17 @@ CASES = [
     Case("pandas in place", [local("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})"),
                              gpu("df['b'] = df['a'] * 2\ndf.iloc[0, 0] = 10"),
                              local("print(df.to_dict())")]),
-    Case("errors name the exception", [gpu("def f():\n    return 1 / 0\nf()")], waits_for="errors keep their type"),
+    Case("errors name the exception", [gpu("def f():\n    return 1 / 0\nf()")]),
     Case("seeded work inside one cell", [gpu("import numpy as np\nrng = np.random.default_rng(0)\n"
                                              "print(rng.integers(0, 100, 5))")]),
     Case("displayed objects", [gpu("from IPython.display import display, HTML\ndisplay(HTML('<b>hi</b>'))\n"
                                    "print('after')")]),
     # ---- rule 6: a result is a result
-    Case("last expression is an execute_result", [gpu("40 + 2")], waits_for="a result is a result"),
+    Case("last expression is an execute_result", [gpu("40 + 2")]),
     Case("no worker credential where a cell looks", [gpu("import os\nprint('GPUCELL_WORKER_TOKEN' in os.environ, "
                                                         "b'GPUCELL_WORKER_TOKEN=' in open('/proc/self/environ', 'rb').read())")]),
-    Case("_ after a gpu cell", [gpu("40 + 2"), local("print(_)")], waits_for="a result is a result"),
-    Case("trailing semicolon", [gpu("40 + 2;"), gpu("1 + 1"), local("print(len(Out), _)")],
-         waits_for="a result is a result"),
+    Case("_ after a gpu cell", [gpu("40 + 2"), local("print(_)")]),
+    Case("trailing semicolon", [gpu("40 + 2;"), gpu("1 + 1"), local("print(len(Out), _)")]),
     # ---- rule 9: process state travels
     Case("numpy seed set locally", [local("import numpy as np\nnp.random.seed(0)"),
                                     gpu("print(np.random.rand(3).round(6))")], waits_for="process state travels"),
@@ -91,16 +90,30 @@ CASES = [
                                        gpu("print(df.query('a > @thr').a.tolist())")],
          waits_for="names read in strings"),
     # ---- rule 10: errors keep their type
-    Case("a KeyError is a KeyError", [gpu("{}['missing']")], waits_for="errors keep their type"),
-    Case("a syntax error is a SyntaxError", [gpu("x = (")], waits_for="errors keep their type"),
-    Case("a warning names the cell as the kernel does", [gpu("import warnings\nwarnings.warn('careful')")],
-         waits_for="errors keep their type (the cell's file name, as ipykernel gives it)"),
+    Case("a KeyError is a KeyError", [gpu("{}['missing']")]),
+    Case("a syntax error is a SyntaxError", [gpu("x = (")]),
+    Case("a warning names the cell as the kernel does", [gpu("import warnings\nwarnings.warn('careful')")]),
+    Case("a result is the value", [gpu("[1, 2]"), local("_.append(3)\nprint(_, Out)")]),
+    Case("a result after a display", [gpu("from IPython.display import display\ndisplay('shown')\n'last'")]),
+    Case("a name error names the name", [gpu("x = 1\ny = undefined_thing + x")]),
+    Case("an exception of the notebook's own class",
+         [local("class Boom(Exception):\n    pass"), gpu("raise Boom('now')")]),
+    # ---- rule 10: clear_output, display updates, the pager, %who
+    Case("display handle update replaces", [gpu("from IPython.display import display\n"
+                                                "h = display('one', display_id=True)\nh.update('two')")]),
+    Case("clear_output clears", [gpu("print('gone')\nfrom IPython.display import clear_output\n"
+                                     "clear_output()\nprint('kept')")]),
+    Case("clear_output(wait=True)", [gpu("print('gone')\nfrom IPython.display import clear_output\n"
+                                         "clear_output(wait=True)\nprint('kept')")]),
+    Case("the pager is the pager", [gpu("len?")]),
+    Case("%who shows the notebook's names", [local("a = 1\nb = 'x'"), gpu("%who")]),
     # ---- RemoteRef
     Case("a generator", [gpu("gen = (i for i in range(3))"), local("print(next(gen))")],
          waits_for="RemoteRef refuses protocols with the pull hint"),
 ]
 
 _ADDRESS = re.compile(r"0x[0-9a-f]{6,}")
+_KERNEL_TMP = re.compile(r"ipykernel_[0-9]+")   # the cell files of each run's kernel: /tmp/ipykernel_PID/HASH.py
 _PHASE = "gpucell:"
 
 
@@ -118,7 +131,7 @@ def _seen(output: Any) -> Any:
     """What a user sees of one output, with memory addresses blanked."""
     kind = output["output_type"]
     if kind == "stream":
-        return ("stream", output["name"], _ADDRESS.sub("0x…", output["text"]))
+        return ("stream", output["name"], _KERNEL_TMP.sub("ipykernel_…", _ADDRESS.sub("0x…", output["text"])))
     if kind == "execute_result":
         return ("execute_result", output.get("execution_count"), _ADDRESS.sub("0x…", output["data"].get("text/plain", "")))
     if kind == "display_data":
