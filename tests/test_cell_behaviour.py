@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import re
 from typing import Any
 
@@ -112,3 +113,22 @@ def test_whos_in_a_gpu_cell_shows_the_notebooks_names(shell: InteractiveShell,
     shell.user_ns["local_only"] = 123
     shell.run_cell("%%gpu cpu\n%who\n", store_history=True)
     assert "local_only" in capsys.readouterr().out
+
+
+def test_an_interrupt_ends_with_a_plain_keyboardinterrupt(shell: InteractiveShell,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    shell.run_cell("%%gpu cpu\nready = 1\n", store_history=True)   # a warm worker: the next cell takes the lane
+    sink = RecordingSink(on_text=lambda text: _thread.interrupt_main() if "looping" in text else None)
+    magics = magics_of(shell)
+    real = magics.sink
+    magics.sink = sink
+    capsys.readouterr()
+    try:
+        result = shell.run_cell("%%gpu cpu\nimport time\nprint('looping', flush=True)\nwhile True:\n"
+                                "    time.sleep(0.01)\n", store_history=True)
+    finally:
+        magics.sink = real
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    out = _ANSI.sub("", capsys.readouterr().out)
+    assert "KeyboardInterrupt" in out
+    assert "gpucell" not in out and "session.py" not in out and "socket" not in out, out
