@@ -121,8 +121,9 @@ def _shell() -> Any:
 def _inline_read() -> Any:
     shell = _shell()
     config = dict(shell.config.InlineBackend) if shell is not None and "InlineBackend" in shell.config else {}
-    backend = sys.modules["matplotlib_inline"].config.InlineBackend
-    if backend.initialized():
+    inline = sys.modules.get("matplotlib_inline.config")   # `%config` works before matplotlib is imported
+    backend = inline.InlineBackend if inline is not None else None
+    if backend is not None and backend.initialized():
         instance = backend.instance()
         config.update({trait: getattr(instance, trait) for trait in _INLINE_TRAITS})
         config.pop("figure_format", None)   # the old alias; figure_formats says it
@@ -248,7 +249,7 @@ BUILTIN: tuple[StateAdapter, ...] = (
     StateAdapter("random", "random", _random_read, _random_apply),
     StateAdapter("torch.random", "torch", _torch_read, _torch_apply),
     StateAdapter("matplotlib.rcParams", "matplotlib", _rc_read, _rc_apply),
-    StateAdapter("InlineBackend", "matplotlib_inline", _inline_read, _inline_apply),
+    StateAdapter("InlineBackend", "IPython", _inline_read, _inline_apply),
     StateAdapter("pandas.options", "pandas", _pandas_read, _pandas_apply),
     StateAdapter("warnings.filters", "", _warnings_read, _warnings_apply, _warnings_mark),
     StateAdapter("IPython extensions", "IPython", _extensions_read, _extensions_apply),
