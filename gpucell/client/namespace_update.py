@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from gpucell.client.namespace_sync import Synced, same_pickle_here, write_back
 from gpucell.namespace import serialize
 from gpucell.namespace.remote_ref import RemoteRef
 from gpucell.protocol import gpucell_pb2 as pb
@@ -22,6 +23,9 @@ class NamespaceUpdate:
     assigned: list[str]      # outputs that came back as values
     refs: list[str]          # outputs that stay on the worker
     kept_remote: list[str]   # one line per output that cannot load here
+    in_place: list[str] = field(default_factory=list)      # outputs the cell mutated (not rebound) remotely
+    hashes: dict[str, str] = field(default_factory=dict)   # content hash, as pickled here, of loaded outputs
+    worker_hashes: dict[str, str] = field(default_factory=dict)   # and as the worker knows them
 
 
 def to_fetch(result: pb.Result) -> list[str]:
@@ -53,11 +57,25 @@ def plan_update(result: pb.Result, parts: Mapping[str, Parts], *, hardware: str,
         binds[info.name] = RemoteRef(info.name, info.type_name, info.size, info.hardware or hardware,
                                      info.worker_id or worker_id, info.reason, info.summary, execution_count)
     assigned = [v.name for v in result.outputs if not isinstance(binds.get(v.name), RemoteRef)]
-    return NamespaceUpdate(binds, result.deleted, assigned, [r.name for r in infos], kept_remote)
+    return NamespaceUpdate(binds, result.deleted, assigned, [r.name for r in infos], kept_remote,
+                           in_place=[v.name for v in result.outputs if v.in_place and v.name in assigned],
+                           hashes={v.name: v.hash for v in result.outputs if v.name in binds and v.hash in parts
+                                   and same_pickle_here(binds[v.name], len(parts[v.hash][1]))},
+                           worker_hashes={v.name: v.hash for v in result.outputs
+                                          if not isinstance(binds.get(v.name), RemoteRef)})
 
 
-def apply_update(update: NamespaceUpdate, user_ns: MutableMapping[str, Any], refs: dict[str, RemoteRef]) -> None:
-    """Bind and delete, and keep the session's table of RemoteRefs in step; nothing here can fail half-way."""
+def apply_update(update: NamespaceUpdate, user_ns: MutableMapping[str, Any], refs: dict[str, RemoteRef],
+                 synced: Synced | None = None, sent: Mapping[str, tuple[Any, str]] | None = None) -> None:
+    """Bind and delete, and keep the session's table of RemoteRefs in step; nothing here can fail half-way.
+
+    A value the cell mutated remotely is written into the local object where its type allows, so every
+    local name bound to it sees the change; other names that came back bound to that same object (one
+    pickle, one memo) are bound to the local one. `synced` learns what the worker now holds: `sent`, the
+    cell's inputs, then what came back."""
+    _write_back(update, user_ns)
+    if synced is not None:
+        _learn(update, synced, sent or {})
     for name, value in update.binds.items():
         if isinstance(value, RemoteRef):
             refs[name] = value
@@ -67,6 +85,44 @@ def apply_update(update: NamespaceUpdate, user_ns: MutableMapping[str, Any], ref
     for name in update.deletes:
         user_ns.pop(name, None)
         refs.pop(name, None)
+
+
+def _learn(update: NamespaceUpdate, synced: Synced, sent: Mapping[str, tuple[Any, str]]) -> None:
+    """What the worker holds now, as this notebook does: the cell's inputs, then what came back."""
+    for name, (value, digest) in sent.items():
+        synced.record(name, value, digest)
+    for name, value in update.binds.items():
+        theirs = update.worker_hashes.get(name)
+        ours = update.hashes.get(name) if name not in update.in_place else None
+        if ours is None and theirs is not None:
+            try:
+                ours = serialize.pack(name, value).hash   # the baseline a later change is seen against
+            except Exception:  # noqa: BLE001 - it came as a pickle; if it will not go back as one, resend
+                ours = None
+        if ours is None or theirs is None:
+            synced.forget(name)
+        else:
+            synced.record(name, value, ours, theirs)
+    for name in update.deletes:
+        synced.forget(name)
+
+
+def _write_back(update: NamespaceUpdate, user_ns: Mapping[str, Any]) -> None:
+    binds = update.binds
+    landed: dict[int, Any] = {}   # id of a loaded value -> the local object it was written into
+    for name in update.in_place:
+        new, old = binds[name], user_ns.get(name)
+        if old is None or id(new) in landed:
+            continue
+        try:
+            if write_back(old, new):
+                landed[id(new)] = old
+        except Exception:  # noqa: BLE001 - a type that refuses: the name is rebound, as it always was
+            continue
+    if landed:
+        for name, value in binds.items():
+            if id(value) in landed:
+                binds[name] = landed[id(value)]
 
 
 def one_line(exc: BaseException) -> str:

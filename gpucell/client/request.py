@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpucell.client.namespace_sync import Synced
 from gpucell.errors import ConfigError, RemoteRefError, SerializationError
 from gpucell.namespace import serialize
 from gpucell.namespace.analysis import CellNames, CellSyntaxError, analyze
@@ -33,12 +34,30 @@ class CellOptions:
     lane: bool = True    # warm cells may go straight to the worker (a map pipelines through the broker)
 
 
+class Uploads(dict[str, serialize.Packed]):
+    """Packed inputs by hash; an input known unchanged by identity alone is packed only if the worker asks
+    (a new worker holds nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lazy: dict[str, tuple[str, Any]] = {}
+
+    def __contains__(self, digest: object) -> bool:
+        return super().__contains__(digest) or digest in self.lazy
+
+    def __missing__(self, digest: str) -> serialize.Packed:
+        name, value = self.lazy[digest]
+        packed = self[digest] = serialize.pack(name, value)
+        return packed
+
+
 @dataclass
 class OutgoingCell:
     """A request ready to send, and the packed inputs the worker may ask for (by hash) that are not inline."""
 
     request: pb.CellExecuteRequest
     uploads: dict[str, serialize.Packed]
+    sent: dict[str, tuple[Any, str]] = field(default_factory=dict)  # the worker holds these once the cell ran
 
 
 def cell_names(source: str) -> CellNames:
@@ -52,11 +71,13 @@ def cell_names(source: str) -> CellNames:
 def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], options: CellOptions, skip: set[str],
                   *, session_id: str, hardware: str, session_name: str = "", owner: str = "", execution_count: int = 0,
                   max_blob_bytes: int = 0, worker_python: str = "", client_boot_id: str = "",
-                  cell_id: str = "") -> OutgoingCell:
+                  cell_id: str = "", synced: Synced | None = None) -> OutgoingCell:
     """Everything about the values that can go wrong locally goes wrong here, before anything is sent.
 
     `hardware` is the checked spec; `owner`, on a fan-out slot, the notebook session it works for; `worker_python` the Python version the last worker of that hardware
-    reported ("" when none has yet); `cell_id` defaults to a fresh one."""
+    reported ("" when none has yet); `cell_id` defaults to a fresh one; `synced`, what the worker holds as
+    this notebook does: such an input goes as its name and hash, and a name the notebook changed since is
+    named with no hash, so the worker forgets it."""
     request = pb.CellExecuteRequest(
         session_id=session_id, cell_id=cell_id or uuid.uuid4().hex, hardware=hardware, source=source,
         execution_count=execution_count, session_name=session_name, owner=owner,
@@ -65,7 +86,9 @@ def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], opt
                                env=options.env, pull=options.pull, keep=options.keep, retries=options.retries,
                                strict=options.strict, return_limit=options.return_limit),
         client_boot_id=client_boot_id)
-    uploads: dict[str, serialize.Packed] = {}
+    uploads = Uploads()
+    sent: dict[str, tuple[Any, str]] = {}
+    gone = synced.stale(user_ns) if synced is not None else []
     inline_bytes = 0  # the request stays small; the rest goes over the data path on demand
     for name in names.reads:
         if name in skip or name not in user_ns:
@@ -80,14 +103,26 @@ def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], opt
         if statement is not None:
             request.imports.append(statement)
             continue
+        digest = synced.hash_if_same(name, value) if synced is not None else None
+        if digest is not None:
+            request.inputs.append(pb.NamedValue(name=name, hash=digest, type_name=serialize.type_name(value)))
+            uploads.lazy[digest] = (name, value)
+            sent[name] = (value, digest)
+            continue
         packed = serialize.pack(name, value)
         if max_blob_bytes and packed.size > max_blob_bytes:
             raise SerializationError(f"cannot send {name!r} ({packed.type_name}, {packed.size / 1e6:.1f} MB): "
                                      f"larger than the broker's limit of {max_blob_bytes / 1e6:g} MB "
                                      "per value (max_blob_mb)")
         _check_python(name, value, hardware, worker_python)
+        held = synced.held_as(name, value, packed.hash) if synced is not None else None
+        if held is not None:   # the worker holds it: used in place there, sent only if asked (a new worker)
+            request.inputs.append(pb.NamedValue(name=name, hash=held, type_name=packed.type_name, size=packed.size))
+            uploads.setdefault(held, serialize.Packed(held, packed.header, packed.buffers, packed.type_name))
+            continue
         request.inputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
                                             size=packed.size))
+        sent[name] = (value, packed.hash)
         if packed.hash in uploads:
             continue
         uploads[packed.hash] = packed
@@ -95,7 +130,8 @@ def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], opt
             inline_bytes += packed.size
             request.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
                                          buffers=[bytes(b) for b in packed.buffers]))
-    return OutgoingCell(request, uploads)
+    request.inputs.extend(pb.NamedValue(name=n) for n in gone if n not in sent)
+    return OutgoingCell(request, uploads, sent)
 
 
 def _check_python(name: str, value: Any, hardware: str, worker_python: str) -> None:
@@ -109,4 +145,4 @@ def _check_python(name: str, value: Any, hardware: str, worker_python: str) -> N
                                  "by-value functions need the same minor version")
 
 
-__all__ = ["CellOptions", "OutgoingCell", "build_request", "cell_names"]
+__all__ = ["CellOptions", "OutgoingCell", "Uploads", "build_request", "cell_names"]

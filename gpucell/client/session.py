@@ -15,7 +15,9 @@ from typing import Any
 from gpucell.client.broker_client import BrokerClient
 from gpucell.client.errors_table import CELL_ERRORS
 from gpucell.client.lane import Lanes
-from gpucell.client.namespace_update import Parts, apply_update, inline_parts, one_line, plan_update, to_fetch
+from gpucell.client.namespace_sync import Synced
+from gpucell.client.namespace_update import (NamespaceUpdate, Parts, apply_update, inline_parts, one_line,
+                                             plan_update, to_fetch)
 from gpucell.client.process_state import ProcessStates
 from gpucell.client.request import CellOptions, OutgoingCell, build_request, cell_names
 from gpucell.client.routes import BrokerRoute, LaneRoute, Route, lane_takes
@@ -64,6 +66,7 @@ class Session:
         self._notices_shown: set[str] = set()
         self.worker_versions: dict[str, dict[str, str]] = {}   # requested label -> last worker's versions
         self.lanes = Lanes()                   # requested hardware -> the direct lane to its warm worker
+        self.synced = Synced()                 # names the worker holds as this notebook does: used in place there
         self._broker_route = BrokerRoute(client, self.lanes)
         self._lane_route = LaneRoute(self.lanes, self._broker_route)
         self.states = ProcessStates()          # the notebook's process state each worker has (RNGs, rcParams, ...)
@@ -99,7 +102,8 @@ class Session:
         return build_request(source, names, user_ns, options, skip, session_id=self.session_id, hardware=hardware,
                              session_name=self.session_name, owner=self.owner, execution_count=execution_count,
                              max_blob_bytes=self.max_blob_bytes, worker_python=worker.get("python", "") if worker else "",
-                             client_boot_id=transfer.boot_id() if transfer.shm_enabled() else "")
+                             client_boot_id=transfer.boot_id() if transfer.shm_enabled() else "",
+                             synced=self.synced)
 
     # ------------------------------------------------------------ running
 
@@ -177,13 +181,13 @@ class Session:
         except KeyboardInterrupt:
             route.cancel(request, events)
             raise
+        if error is not None and result is not None:   # what the cell bound before it failed is bound here too
+            self._land(result, outgoing, user_ns, report, execution_count)
         if error is not None:
             raise self._error(error, request, report, user_ns)
         if result is None:
             raise WorkerLostError("the cell ended without a result (broker or worker went away)")
-        update = plan_update(result, self._parts(result), hardware=report.hardware, worker_id=report.worker_id,
-                             execution_count=execution_count)
-        apply_update(update, user_ns, self.refs)
+        update = self._land(result, outgoing, user_ns, report, execution_count)
         report.assigned, report.refs, report.kept_remote = update.assigned, update.refs, update.kept_remote
         for note in report.kept_remote:
             sink.phase(note)
@@ -207,6 +211,15 @@ class Session:
             asked = set(ask.hashes)
             names = ", ".join(sorted(repr(v.name) for v in outgoing.request.inputs if v.hash in asked))
             raise DataPathError(f"cannot send {names} to the worker: {_unreachable(ask.address, exc)}") from None
+
+    def _land(self, result: pb.Result, outgoing: OutgoingCell, user_ns: MutableMapping[str, Any],
+              report: CellReport, execution_count: int) -> NamespaceUpdate:
+        """The cell's changes, into the local namespace; the worker now holds what was sent and came back."""
+        update = plan_update(result, self._parts(result), hardware=report.hardware, worker_id=report.worker_id,
+                             execution_count=execution_count)
+        self.synced.on_worker(report.worker_id)
+        apply_update(update, user_ns, self.refs, self.synced, outgoing.sent)
+        return update
 
     def _parts(self, result: pb.Result) -> dict[str, Parts]:
         """The result's values as packed parts: those inline, and those too large for it from the worker."""

@@ -799,6 +799,8 @@ class _Walker:
                 func = node.func
                 if func.__class__ is ast.Attribute and func.attr in _IPYTHON_CALLS:
                     _magic_code(node, self)
+                if func.__class__ is ast.Attribute and func.attr in _AT_NAME_CALLS:
+                    _at_names(node, self)
                 for keyword in reversed(node.keywords):
                     push(keyword.value)
                 stack.extend(reversed(node.args))
@@ -972,6 +974,21 @@ def _magic_code(call: ast.Call, walker: _Walker) -> None:
             walker._leave(saved)
     if own_scope:
         inner.finish()
+
+
+# pandas' `df.query('a > @thr')`, `df.eval(...)`, `pd.eval(...)` read `@name` from the caller's namespace.
+_AT_NAME_CALLS = frozenset({"query", "eval"})
+_AT_NAME = re.compile(r"@([A-Za-z_]\w*)")
+
+
+def _at_names(call: ast.Call, walker: _Walker) -> None:
+    """`@name` inside a string given to query/eval is a read of `name`."""
+    texts = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    texts += [k.value.value for k in call.keywords
+              if k.arg == "expr" and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)]
+    for text in texts:
+        for match in _AT_NAME.finditer(text):
+            walker.scope.load(match.group(1))
 
 
 def _strip_options(magic: str, line: str) -> str:

@@ -43,18 +43,20 @@ class Blob(_message.Message):
     def __init__(self, hash: _Optional[str] = ..., data: _Optional[bytes] = ..., buffers: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class NamedValue(_message.Message):
-    __slots__ = ("name", "hash", "type_name", "size", "fetch")
+    __slots__ = ("name", "hash", "type_name", "size", "fetch", "in_place")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     FETCH_FIELD_NUMBER: _ClassVar[int]
+    IN_PLACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     hash: str
     type_name: str
     size: int
     fetch: bool
-    def __init__(self, name: _Optional[str] = ..., hash: _Optional[str] = ..., type_name: _Optional[str] = ..., size: _Optional[int] = ..., fetch: _Optional[bool] = ...) -> None: ...
+    in_place: bool
+    def __init__(self, name: _Optional[str] = ..., hash: _Optional[str] = ..., type_name: _Optional[str] = ..., size: _Optional[int] = ..., fetch: _Optional[bool] = ..., in_place: _Optional[bool] = ...) -> None: ...
 
 class RemoteRefInfo(_message.Message):
     __slots__ = ("name", "type_name", "size", "reason", "hardware", "worker_id", "summary")

@@ -29,6 +29,7 @@ from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
 from gpucell.remote_kernel.credential import take_worker_credential
 from gpucell.remote_kernel.lane import LaneActivityReporter, LaneOut, LaneServer
+from gpucell.remote_kernel.namespace_diff import Synced, diff, hidden, memory_root, sharing
 from gpucell.remote_kernel.process_state import WorkerState, present_as_kernel
 from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
 
@@ -77,6 +78,7 @@ class Worker:
         self.lane_activity = LaneActivityReporter(lambda activity: self.outbox.put(pb.WorkerMessage(lane=activity)))
         self.node = settings.get("node") or socket.gethostname()
         self.kept: dict[str, pb.RemoteRefInfo] = {}
+        self.synced = Synced()          # per name, what the client holds: such a name is used in place
         self._outgoing_cells: list[set[str]] = []   # large outputs of the last cells, newest last
         self.current_cell = ""
         self.cancelled_cell = ""
@@ -259,7 +261,12 @@ class Worker:
         os.environ.update(dict(req.options.env))
         inline = {b.hash: b for b in req.blobs}
         received = sum(len(b.data) + sum(len(x) for x in b.buffers) for b in req.blobs)
-        missing = sorted({v.hash for v in req.inputs if v.hash not in self.cache and v.hash not in inline})
+        for value in req.inputs:
+            if not value.hash:   # the notebook rebound or deleted it since: never read it stale here
+                ns.pop(value.name, None)
+                self.synced.forget(value.name)
+        inputs = [v for v in req.inputs if v.hash and not self.synced.holds(v.name, v.hash, ns)]
+        missing = sorted({v.hash for v in inputs if v.hash not in self.cache and v.hash not in inline})
         if missing:
             self._emit(req.cell_id, transfer=pb.Transfer(address=self.data.address, ticket=self.data.expect(missing),
                                                          hashes=missing))
@@ -273,14 +280,15 @@ class Worker:
                 exec(statement, ns)  # noqa: S102 - an import statement the client built from a module value
             except Exception as exc:  # noqa: BLE001
                 raise PrepareError(type(exc).__name__, f"{statement!r} failed on the worker: {exc}") from None
-        bound: dict[str, str] = {}
+        # Read in place: the worker's object stays the object (views, figure<->axes links, autograd graphs).
+        bound: dict[str, str] = {v.name: v.hash for v in req.inputs if v.hash}
         used: set[str] = set()
-        for value in req.inputs:
+        for value in inputs:
             try:
                 if value.hash in self.cache:
                     obj = self.cache[value.hash]
-                    # Two names with equal content must not become one object here: copy the second.
-                    ns[value.name] = copy.deepcopy(obj) if value.hash in used else obj
+                    # Names with equal content that are not one object locally must not become one here.
+                    ns[value.name] = copy.deepcopy(obj) if value.hash in used or self.synced.bound(obj, value.name) else obj
                 elif value.hash in inline:
                     blob = inline[value.hash]
                     ns[value.name] = serialize.unpack(blob.data, [bytearray(b) for b in blob.buffers])
@@ -292,7 +300,7 @@ class Worker:
                                    f"on the worker: {exc}") from None
             used.add(value.hash)
             self.cache.setdefault(value.hash, ns[value.name])
-            bound[value.name] = value.hash
+            self.synced.record(value.name, value.hash, ns[value.name])
             self.kept.pop(value.name, None)
         for name in req.refs:
             # Any name this worker holds will do: the client also leaves remote an output it could not load.
@@ -301,9 +309,13 @@ class Worker:
                                    "its worker is gone")
         return received, bound
 
-    def _collect(self, req: pb.CellExecuteRequest, inputs: dict[str, str]) -> tuple[pb.Result, int]:
-        """Assigned names, and inputs the cell mutated in place, go back (or stay as RemoteRefs)."""
+    def _collect(self, req: pb.CellExecuteRequest, inputs: dict[str, str],
+                 before: dict[str, Any] | None = None) -> tuple[pb.Result, int]:
+        """What the cell changed goes back (or stays as RemoteRefs): the names it bound or rebound, however
+        (`before`: the namespace as the cell began), and inputs it mutated in place, with the arrays that
+        share their memory."""
         ns = self.shell.user_ns
+        change = diff(before if before is not None else ns, ns, self.shell.user_ns_hidden)
         result = pb.Result(data_address=self.data.address)
         # The previous cell's large outputs stay fetchable while this one runs: a pipelined client (a map
         # keeps two cells per worker) may still be fetching them. The cell before that has had its turn.
@@ -315,8 +327,14 @@ class Worker:
         moving: list[tuple[str, str, SharedCopy]] = []
         sent = 0
         limit = req.options.return_limit or RETURN_LIMIT_MB * 1_000_000
-        names = list(req.assigns) + [n for n in inputs if n not in req.assigns]
-        for name in names:
+        rebound = set(change.bound)
+        names = change.bound + [n for n in req.assigns if n not in rebound and hidden(n, self.shell.user_ns_hidden)]
+        names += [n for n in req.options.pull if n in self.kept and n not in rebound]   # %gpu_pull: a RemoteRef there
+        rebound.update(names)
+        names += [n for n in inputs if n not in rebound]
+        previous = dict(inputs)          # content hashes before the cell, of what was not rebound
+        roots: set[int] = set()          # memory of arrays the cell mutated in place
+        for name in names:               # grows while it runs: views of a mutated array join it
             if name not in ns:
                 continue
             value = ns[name]
@@ -332,18 +350,25 @@ class Worker:
                 result.refs.append(self._keep(name, value, f"unpicklable: {str(exc).split(': ', 1)[-1]}", 0))
                 continue
             self.cache[packed.hash] = value
-            if name in inputs and name not in req.assigns and inputs[name] == packed.hash:
+            if name in previous and name not in rebound and previous[name] == packed.hash:
                 continue  # read, not changed: nothing to send back
-            if name in inputs and inputs[name] != packed.hash:
-                self.cache.pop(inputs[name], None)  # that content no longer exists here
+            if name in previous and previous[name] != packed.hash:
+                self.cache.pop(previous[name], None)  # that content no longer exists here
+                root = memory_root(value)
+                if root is not None and root not in roots:
+                    roots.add(root)
+                    views = [n for n in sharing(ns, self.synced.names(), {root}) if n not in previous]
+                    previous.update((n, self.synced.hashes[n]) for n in views)
+                    names += views
             if packed.size > limit and name not in req.options.pull:
                 result.refs.append(self._keep(name, value, f"larger than the {limit // 1_000_000} MB return limit",
                                               packed.size))
                 continue
             self.kept.pop(name, None)
+            self.synced.record(name, packed.hash, value)
             fetch = packed.size > INLINE_LIMIT
             result.outputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
-                                                size=packed.size, fetch=fetch))
+                                                size=packed.size, fetch=fetch, in_place=name not in rebound))
             if fetch:
                 shared = self._share(req, packed)
                 if shared is None:
@@ -356,10 +381,11 @@ class Worker:
                 result.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
                                             buffers=[bytes(b) for b in packed.buffers]))
             sent += packed.size
-        for name in req.deletes:
+        for name in [*req.deletes, *(n for n in change.deleted if n not in req.deletes)]:
             if name not in ns:
                 result.deleted.append(name)
                 self.kept.pop(name, None)
+                self.synced.forget(name)
         self._outgoing_cells.append(mine)
         if mine:
             result.ticket = self.data.ticket_for(mine)   # one-time, for these outputs only
@@ -402,6 +428,7 @@ class Worker:
             return
         if type(twin) is type(value) and _layout(twin) == _layout(value):
             ns[name] = self.cache[digest] = twin
+            self.synced.record(name, digest, twin)
 
     def _trim_cache(self) -> None:
         """Keep only cached values that some name here still holds, so memory follows the namespace."""
@@ -413,6 +440,7 @@ class Worker:
         info = pb.RemoteRefInfo(name=name, type_name=serialize.type_name(value), size=size, reason=reason,
                                 hardware=self.hardware, worker_id=self.worker_id, summary=_summary(value))
         self.kept[name] = info
+        self.synced.forget(name)
         return info
 
     def execute(self, req: pb.CellExecuteRequest) -> None:
@@ -440,6 +468,7 @@ class Worker:
             if req.execution_count:
                 self.shell.execution_count = req.execution_count
             self.shell.last_error = None
+            before = dict(self.shell.user_ns)   # one C-level copy: the cell's changes are diffed against it
             self.interruptible = True
             try:
                 self.shell.run_notebook_cell(req.source, req.cell_filename)
@@ -451,11 +480,14 @@ class Worker:
                 ename, evalue, stb = error
                 cancelled = ename == "KeyboardInterrupt" and self.cancelled_cell == cell
                 kind = pb.Error.CANCELLED if cancelled else pb.Error.USER
+                # What the cell bound before it failed comes back first, as a local cell leaves it bound.
+                partial, sent = self._collect(req, inputs, before)
+                self._emit(cell, result=partial)
                 self._emit(cell, error=self.shell.error_message(kind))
             else:
                 if self.shell.result_name and req.execution_count:
                     req.assigns.append(self.shell.result_name)  # the cell's value returns as `_N` (a result is a result)
-                result, sent = self._collect(req, inputs)
+                result, sent = self._collect(req, inputs, before)
                 self._emit(cell, result=result)
                 ok = True
         except PrepareError as exc:
