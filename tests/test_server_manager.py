@@ -199,3 +199,26 @@ def test_bad_job_requests_fail_before_anything_runs(broker: EmbeddedBroker, tmp_
         assert made.jobs() == {"jobs": [], "broker": broker.address}
     finally:
         made.close()
+
+
+def test_job_submit_does_not_follow_a_link_out_of_the_root(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """A symbolic link inside the server's root that leads outside it (to a notebook, or to a folder) is
+    refused as outside; one that stays inside the root is followed."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    nbformat.write(new_notebook(cells=[new_code_cell("1")]), outside / "secret.ipynb")
+    (root / "link.ipynb").symlink_to(outside / "secret.ipynb")
+    (root / "folder").symlink_to(outside)
+    made = GpuCellManager(broker.address, broker.token, notebook_root=str(root))
+    try:
+        for path in ("link.ipynb", "folder/secret.ipynb", "/folder/secret.ipynb"):
+            with pytest.raises(ConfigError, match="outside"):
+                made.submit_job(path)
+        assert made.jobs()["jobs"] == []
+        (root / "inside").mkdir()
+        nbformat.write(new_notebook(cells=[new_code_cell("1")]), root / "inside" / "real.ipynb")
+        (root / "alias.ipynb").symlink_to(root / "inside" / "real.ipynb")
+        assert made.resolve_notebook("alias.ipynb") == (root / "inside" / "real.ipynb").resolve()
+    finally:
+        made.close()

@@ -16,6 +16,7 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from gpucell.broker.journal import JOB_COLUMNS, Journal
+from gpucell.broker.private_files import job_file_name, open_private_append, write_private
 from gpucell.settings import ENV_BROKER, ENV_TOKEN
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
@@ -109,7 +110,7 @@ class JobManager:
         await self.journal()
         job_id = f"job-{secrets.token_hex(4)}"
         job_dir = self.state_dir / "jobs" / job_id
-        name = os.path.basename(request.notebook_name) or "notebook.ipynb"
+        name = job_file_name(request.notebook_name)   # the service has refused a name without one
         input_path = job_dir / name
         now = time.time()
         job = Job(job_id, request.notebook_name or name, "running", request.hardware, now, now, 0.0, 0.0, "",
@@ -127,7 +128,7 @@ class JobManager:
         cmd += ["--cwd", workdir]
         env = {**os.environ, ENV_BROKER: self.broker_address(), ENV_TOKEN: token or self.token,
                "JPY_SESSION_NAME": job.session_name, "PYTHONUNBUFFERED": "1"}
-        log = await asyncio.to_thread(open, job.log_path, "ab")
+        log = await asyncio.to_thread(open_private_append, job.log_path)
         try:
             proc = await asyncio.create_subprocess_exec(*cmd, stdin=subprocess.DEVNULL, stdout=log,
                                                         stderr=subprocess.STDOUT, env=env, cwd=str(job_dir),
@@ -206,8 +207,7 @@ class JobManager:
 
 
 def _write_input(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    write_private(path, data)   # its directories 0700, the file 0600
 
 
 def _read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:

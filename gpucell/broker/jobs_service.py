@@ -9,6 +9,7 @@ from grpc import aio
 
 from gpucell.broker.auth import caller
 from gpucell.broker.jobs import Job, JobManager, JobRequest
+from gpucell.broker.private_files import job_file_name
 from gpucell.broker.refusal import Abort
 from gpucell.broker.service import BrokerService
 from gpucell.protocol import gpucell_pb2 as pb
@@ -51,6 +52,10 @@ class JobsService(pb_grpc.JobsServicer):
         await self._check(context)
         if not request.notebook:
             await Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_BAD_REQUEST, "the notebook is empty").send(context)
+        try:
+            job_file_name(request.notebook_name)
+        except ValueError as exc:
+            await Abort(grpc.StatusCode.INVALID_ARGUMENT, pb.REASON_BAD_REQUEST, str(exc)).send(context)
         if request.hardware:
             # An unknown label fails the submit, not the job half an hour later.
             try:

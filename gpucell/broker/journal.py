@@ -6,8 +6,9 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from gpucell.broker.private_files import private_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -39,7 +40,7 @@ class Journal:
     """
 
     def __init__(self, path: str) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)   # 0600 in a 0700 directory, before SQLite makes it (and its -wal, -shm) 0644
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

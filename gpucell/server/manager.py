@@ -132,11 +132,12 @@ class GpuCellManager:
 
     def resolve_notebook(self, path: str) -> Path:
         """The absolute path of a notebook named relative to the server's root; never outside that root."""
-        root = Path(os.path.abspath(self.notebook_root or os.getcwd()))
+        root = Path(os.path.realpath(self.notebook_root or os.getcwd()))
         if not path.endswith(".ipynb"):
             raise ConfigError(f"{path!r} is not a notebook (.ipynb)")
-        # Lab names files with "/" and no leading slash; an absolute or ".." path must still land under root.
-        candidate = Path(os.path.abspath(root / path.lstrip("/")))
+        # Lab names files with "/" and no leading slash; an absolute or ".." path must still land under root,
+        # and so must a symbolic link once followed (realpath, not abspath: a link may lead anywhere).
+        candidate = Path(os.path.realpath(root / path.lstrip("/")))
         if os.path.commonpath([root, candidate]) != str(root):
             raise ConfigError(f"{path!r} is outside the server's root")
         if not candidate.is_file():

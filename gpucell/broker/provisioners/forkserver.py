@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpucell.broker.private_files import open_private_append
+
 log = logging.getLogger("gpucell.broker.forkserver")
 
 READY_TIMEOUT_S = 120.0
@@ -85,7 +87,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         args = [sys.executable, "-m", "gpucell.remote_kernel.forkserver_template", "--parent-pid", str(os.getpid()),
                 "--fd", str(theirs.fileno()), "--preload", ",".join(self.preload)]
-        with open(self.log_path, "ab") as logf:
+        with open_private_append(self.log_path) as logf:
             # Started from the event loop's thread: the template's PR_SET_PDEATHSIG is tied to it, and the
             # template's own children die with the template, so nothing outlives the broker.
             self.process = subprocess.Popen(args, pass_fds=[theirs.fileno()], env=self.env, stdin=subprocess.DEVNULL,

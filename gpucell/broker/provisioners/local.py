@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gpucell import settings
 from gpucell.broker.config import BrokerConfig
+from gpucell.broker.private_files import open_private_append, private_dir
 from gpucell.broker.provisioners import LaunchSpec, Provisioner
 from gpucell.broker.provisioners.forkserver import ForkServer
 from gpucell.hardware import GpuAllocator, cuda_visible_devices, nvml_inventory
@@ -103,7 +104,7 @@ class LocalProvisioner(Provisioner):
 
     async def _launch(self, spec: LaunchSpec) -> None:
         if spec.log_dir:
-            Path(spec.log_dir).mkdir(parents=True, exist_ok=True)
+            private_dir(spec.log_dir)
             self.log_dir = self.log_dir or spec.log_dir
         if self.fork_server:
             key = tuple(spec.pool.preload)
@@ -156,7 +157,7 @@ class LocalProvisioner(Provisioner):
     def _popen(self, spec: LaunchSpec) -> None:
         log_file = subprocess.DEVNULL
         if spec.log_dir:
-            log_file = open(Path(spec.log_dir) / f"{spec.worker_id}.log", "ab")  # noqa: SIM115 - owned by the child
+            log_file = open_private_append(Path(spec.log_dir) / f"{spec.worker_id}.log")  # closed below: the child's
         env = worker_env(spec)
         # The credential goes on a pipe: an exec-time environment stays readable in /proc/PID/environ.
         token_fd = secret_pipe(env.pop(ENV_WORKER_TOKEN))
