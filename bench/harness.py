@@ -34,6 +34,8 @@ MAIN_METRICS: list[tuple[str, str]] = [
     ("resend_1gb_cached_s", ""),
     ("return_100mb_s", ""),
     ("stream_latency_ms", ""),
+    ("stream_flood_s", ""),
+    ("stream_flood_s", "local"),
     ("broker_rss_mb", ""),
     ("broker_rss_mb", "load"),
     ("dispatch_p99_ms", "load"),
@@ -44,7 +46,7 @@ METRIC_NAMES = sorted({m for m, _ in MAIN_METRICS})
 UNITS = {
     "cold_start_ms": "ms", "warm_rtt_ms": "ms", "map_tasks_per_s": "items/s",
     "send_100mb_s": "s", "send_1gb_s": "s", "resend_1gb_cached_s": "s", "return_100mb_s": "s",
-    "stream_latency_ms": "ms", "broker_rss_mb": "MB", "idle_release_error_s": "s", "dispatch_p99_ms": "ms",
+    "stream_latency_ms": "ms", "stream_flood_s": "s", "broker_rss_mb": "MB", "idle_release_error_s": "s", "dispatch_p99_ms": "ms",
     "python_start_ms": "ms", "fork_ready_ms": "ms", "grpc_unary_rtt_ms": "ms",
     "grpc_stream_gb_per_s": "GB/s", "tcp_loopback_gb_per_s": "GB/s", "memcpy_1gb_s": "s",
     "memtouch_1gb_s": "s",

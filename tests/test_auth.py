@@ -92,6 +92,8 @@ CASES: dict[str, tuple[Request, bool]] = {
     "/gpucell.v1.Broker/CellExecute": (lambda o: pb.CellExecuteRequest(
         session_id=o["session"], cell_id=uuid.uuid4().hex, hardware="cpu", source="1 + 1"), True),
     "/gpucell.v1.Broker/CellCancel": (lambda o: pb.CellCancelRequest(session_id=o["session"], cell_id=o["cell"]), True),
+    "/gpucell.v1.Broker/CellInput": (lambda o: pb.CellInputRequest(session_id=o["session"], cell_id=o["cell"],
+                                                                   value="line"), True),
     "/gpucell.v1.Broker/CellAttach": (lambda o: pb.CellAttachRequest(
         session_id=o["session"], cell_id=o["cell"], lane_worker_id=o["worker"]), True),
     "/gpucell.v1.Broker/StatusGet": (lambda o: pb.StatusGetRequest(session_id=o["session"]), True),

@@ -203,6 +203,9 @@ class System:
     def m_broker_rss_mb(self) -> Iterator[Sample]:
         yield self.unsupported("broker_rss_mb", "no broker with per-notebook sessions to compare")
 
+    def m_stream_flood_s(self) -> Iterator[Sample]:
+        yield self.unsupported("stream_flood_s", "gpucell only: a notebook cell against the same cell run locally")
+
     def m_dispatch_p99_ms(self) -> Iterator[Sample]:
         yield self.unsupported("dispatch_p99_ms", "no broker dispatching notebook sessions' cells", "load")
         yield self.unsupported("broker_rss_mb", "no broker with per-notebook sessions to compare", "load")

@@ -17,6 +17,7 @@ from load import NullSink, measure_load
 from systems.gpucell_ray import ray_cold_starts
 
 HW = "cpu"
+FLOOD_LINES = 100_000   # stream_flood_s: the issue's `for i in range(100000): print(i)`
 # The session's pool: no warm workers, so the first cell after a release is a true scale from zero.
 CONFIG = """\
 [broker]
@@ -217,6 +218,32 @@ class GpucellSystem(System):
         status = self._client().status()
         pool = status.get("pools", {}).get(HW, {})
         return sum(1 for w in pool.get("workers", []) if w.get("state") != "releasing")
+
+    def m_stream_flood_s(self) -> Iterator[Sample]:
+        """`for i in range(N): print(i)` as a %%gpu cell until its last line arrives, and the same cell run
+        locally in the same shell, both printing into the same recorder (issue 25: within 2x)."""
+        self.ensure_started()
+        assert self.shell is not None
+        n = FLOOD_LINES
+        source = f"for i in range({n}):\n    print(i)"
+        last = f"{n - 1}\n"
+        remote: list[float] = []
+        local: list[float] = []
+        for _ in range(2):
+            for where, out in (("remote", remote), ("local", local)):
+                rec = OutputRecorder()
+                with capture_stdout(rec):
+                    t0 = time.perf_counter()
+                    if where == "remote":
+                        self.cell(source)
+                    else:
+                        self.shell.run_cell(source)
+                    wait_for(lambda: rec.text().endswith(last), 60.0, "the last line of the flood")
+                    out.append(time.perf_counter() - t0)
+                if rec.text().count("\n") != n:
+                    raise RuntimeError(f"{rec.text().count(chr(10))} lines arrived, {n} printed")
+        yield self.sample("stream_flood_s", remote, note=f"{n} printed lines, %%gpu cell to the last line")
+        yield self.sample("stream_flood_s", local, "local", note=f"the same {n} lines, the cell run locally")
 
     def m_idle_release_error_s(self) -> Iterator[Sample]:
         self.ensure_started()

@@ -28,6 +28,7 @@ WORKER = "worker"
 RPC_ROLES: dict[str, str] = {
     "/gpucell.v1.Broker/CellExecute": USER,
     "/gpucell.v1.Broker/CellCancel": USER,
+    "/gpucell.v1.Broker/CellInput": USER,
     "/gpucell.v1.Broker/CellAttach": USER,
     "/gpucell.v1.Broker/StatusGet": USER,
     "/gpucell.v1.Broker/CatalogGet": USER,

@@ -235,6 +235,16 @@ class BrokerService(pb_grpc.BrokerServicer, pb_grpc.WorkerHubServicer):
         self._cancel(run)
         return pb.CellCancelResponse(found=True)
 
+    async def CellInput(self, request: pb.CellInputRequest, context: aio.ServicerContext) -> pb.CellInputResponse:
+        """The notebook answers the input() its cell waits in: passed to the cell's worker, never read here."""
+        await self._session(context, request.session_id)
+        run = self.cells.get(request.cell_id)
+        conn = self.conns.get(run.worker_id) if run is not None and run.worker_id else None
+        if run is None or run.request.session_id != request.session_id or run.done or conn is None:
+            return pb.CellInputResponse(found=False)
+        conn.outbox.put_nowait(pb.WorkerInstruction(input=request))
+        return pb.CellInputResponse(found=True)
+
     async def StatusGet(self, request: pb.StatusGetRequest, context: aio.ServicerContext) -> pb.StatusGetResponse:
         identity = await self._session(context, request.session_id)
         return self.status(request.session_id, identity)

@@ -119,6 +119,11 @@ class BrokerClient:
         response = self._unary(self._stub.CellCancel, pb.CellCancelRequest(session_id=session_id, cell_id=cell_id))
         return bool(response.found)
 
+    def input_reply(self, reply: pb.CellInputRequest) -> bool:
+        """The notebook's answer to a cell's input request, to its worker through the broker."""
+        response = self._unary(self._stub.CellInput, reply)
+        return bool(response.found)
+
     def catalog_pb(self) -> pb.CatalogGetResponse:
         response: pb.CatalogGetResponse = self._unary(self._stub.CatalogGet, pb.CatalogGetRequest())
         return response

@@ -71,6 +71,14 @@ class Lane:
                 self.last_active = time.monotonic()
                 return
 
+    def send_input(self, reply: pb.CellInputRequest) -> None:
+        """The line the cell's input() waits for; a lane that failed shows as LaneLost on the next read."""
+        try:
+            if self._sock is not None:
+                self._sock.sendall(lane.frame(pb.LaneRequest(input=reply)))
+        except OSError:
+            pass
+
     def cancel(self, session_id: str, cell_id: str) -> None:
         """Interrupt the cell, then drop the connection: an interrupted read may have left half a message."""
         try:

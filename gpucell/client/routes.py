@@ -56,6 +56,10 @@ class Route(ABC):
     def cancel(self, request: pb.CellExecuteRequest, events: Iterator[pb.CellEvent]) -> None:
         """Ctrl-C / kernel interrupt: stop the cell on the worker, wait (bounded) for it to end."""
 
+    @abstractmethod
+    def answer_input(self, reply: pb.CellInputRequest) -> None:
+        """The notebook's answer to the cell's input request (input(), getpass, sys.stdin)."""
+
 
 class BrokerRoute(Route):
     """Through the broker: a first cell, --fresh, --timeout, --idle, a lane that is gone. When the worker
@@ -87,6 +91,9 @@ class BrokerRoute(Route):
                     break
         except (GpucellError, KeyboardInterrupt):
             pass
+
+    def answer_input(self, reply: pb.CellInputRequest) -> None:
+        self.client.input_reply(reply)
 
 
 class LaneRoute(Route):
@@ -126,6 +133,12 @@ class LaneRoute(Route):
             self.broker.cancel(request, events)
         elif self._lane is not None:
             self._lane.cancel(request.session_id, request.cell_id)
+
+    def answer_input(self, reply: pb.CellInputRequest) -> None:
+        if not self.direct:
+            self.broker.answer_input(reply)
+        elif self._lane is not None:
+            self._lane.send_input(reply)
 
     def _lost(self, request: pb.CellExecuteRequest, lane: Lane) -> Iterator[pb.CellEvent]:
         """The worker went away mid-cell: the broker failed the cell with the reason (killed, out of

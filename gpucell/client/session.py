@@ -15,6 +15,7 @@ from typing import Any
 from gpucell.client.broker_client import BrokerClient
 from gpucell.client.errors_table import CELL_ERRORS
 from gpucell.client.lane import Lanes
+from gpucell.client.modules import NotebookModules
 from gpucell.client.namespace_sync import Synced
 from gpucell.client.namespace_update import (NamespaceUpdate, Parts, apply_update, inline_parts, one_line,
                                              plan_update, to_fetch)
@@ -23,10 +24,11 @@ from gpucell.client.request import CellOptions, OutgoingCell, build_request, cel
 from gpucell.client.routes import BrokerRoute, LaneRoute, Route, lane_takes
 from gpucell.client.remote_errors import remote_error, remote_interrupt
 from gpucell.client.sink import Sink, relay_display
+from gpucell.client.stdin import answer_input
 from gpucell.errors import (ConfigError, DataPathError, GpucellError,
                             RemoteRefError, UnknownHardwareError, WorkerLostError)
 from gpucell.hardware import split_spec
-from gpucell.namespace import transfer
+from gpucell.namespace import serialize, transfer
 from gpucell.namespace.remote_ref import RemoteRef
 from gpucell.protocol import gpucell_pb2 as pb
 
@@ -70,6 +72,7 @@ class Session:
         self._broker_route = BrokerRoute(client, self.lanes)
         self._lane_route = LaneRoute(self.lanes, self._broker_route)
         self.states = ProcessStates()          # the notebook's process state each worker has (RNGs, rcParams, ...)
+        self.modules = NotebookModules()       # the notebook's own modules: a worker reloads those edited
 
     # ------------------------------------------------------------ checks before sending
 
@@ -135,6 +138,7 @@ class Session:
         outgoing = self.build_request(source, user_ns, options, skip or set(), execution_count)
         request = outgoing.request
         request.cell_filename = cell_filename
+        request.modules.extend(self.modules.manifest(outgoing.uploads))   # the notebook's own modules, by content
         report = CellReport(cell_id=request.cell_id)
         self.last_report = report
         result: pb.Result | None = None
@@ -167,6 +171,8 @@ class Session:
                         sink.phase(event.notice.text)
                 elif kind == "transfer":
                     self._send_inputs(outgoing, event.transfer, route, events)
+                elif kind == "input_request":
+                    route.answer_input(answer_input(event.input_request, request.session_id, request.cell_id))
                 elif kind == "process_state":
                     for line in self.states.incoming(report.worker_id, event.process_state.data):
                         sink.phase(line)
@@ -215,8 +221,9 @@ class Session:
     def _land(self, result: pb.Result, outgoing: OutgoingCell, user_ns: MutableMapping[str, Any],
               report: CellReport, execution_count: int) -> NamespaceUpdate:
         """The cell's changes, into the local namespace; the worker now holds what was sent and came back."""
-        update = plan_update(result, self._parts(result), hardware=report.hardware, worker_id=report.worker_id,
-                             execution_count=execution_count)
+        with serialize.session_namespace(user_ns):   # notebook functions from the worker run in this namespace
+            update = plan_update(result, self._parts(result), hardware=report.hardware,
+                                 worker_id=report.worker_id, execution_count=execution_count)
         self.synced.on_worker(report.worker_id)
         apply_update(update, user_ns, self.refs, self.synced, outgoing.sent)
         return update

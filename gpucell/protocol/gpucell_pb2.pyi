@@ -106,7 +106,7 @@ class CellOptions(_message.Message):
     def __init__(self, timeout_s: _Optional[float] = ..., idle_s: _Optional[float] = ..., fresh: _Optional[bool] = ..., env: _Optional[_Mapping[str, str]] = ..., pull: _Optional[_Iterable[str]] = ..., keep: _Optional[_Iterable[str]] = ..., retries: _Optional[int] = ..., strict: _Optional[bool] = ..., return_limit: _Optional[int] = ...) -> None: ...
 
 class CellExecuteRequest(_message.Message):
-    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name", "owner", "client_boot_id", "cell_filename", "process_state")
+    __slots__ = ("session_id", "cell_id", "hardware", "source", "imports", "inputs", "blobs", "refs", "assigns", "options", "execution_count", "deletes", "session_name", "owner", "client_boot_id", "cell_filename", "process_state", "modules")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class CellExecuteRequest(_message.Message):
     CLIENT_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     CELL_FILENAME_FIELD_NUMBER: _ClassVar[int]
     PROCESS_STATE_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     cell_id: str
     hardware: str
@@ -141,10 +142,21 @@ class CellExecuteRequest(_message.Message):
     client_boot_id: str
     cell_filename: str
     process_state: bytes
-    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ..., owner: _Optional[str] = ..., client_boot_id: _Optional[str] = ..., cell_filename: _Optional[str] = ..., process_state: _Optional[bytes] = ...) -> None: ...
+    modules: _containers.RepeatedCompositeFieldContainer[ModuleSource]
+    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., hardware: _Optional[str] = ..., source: _Optional[str] = ..., imports: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., blobs: _Optional[_Iterable[_Union[Blob, _Mapping]]] = ..., refs: _Optional[_Iterable[str]] = ..., assigns: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[CellOptions, _Mapping]] = ..., execution_count: _Optional[int] = ..., deletes: _Optional[_Iterable[str]] = ..., session_name: _Optional[str] = ..., owner: _Optional[str] = ..., client_boot_id: _Optional[str] = ..., cell_filename: _Optional[str] = ..., process_state: _Optional[bytes] = ..., modules: _Optional[_Iterable[_Union[ModuleSource, _Mapping]]] = ...) -> None: ...
+
+class ModuleSource(_message.Message):
+    __slots__ = ("name", "path", "hash")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    hash: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
 
 class CellEvent(_message.Message):
-    __slots__ = ("cell_id", "time", "seq", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer", "process_state")
+    __slots__ = ("cell_id", "time", "seq", "queued", "started", "stream", "display", "result", "error", "finished", "notice", "transfer", "process_state", "input_request")
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +170,7 @@ class CellEvent(_message.Message):
     NOTICE_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     PROCESS_STATE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     cell_id: str
     time: float
     seq: int
@@ -171,7 +184,16 @@ class CellEvent(_message.Message):
     notice: Notice
     transfer: Transfer
     process_state: ProcessState
-    def __init__(self, cell_id: _Optional[str] = ..., time: _Optional[float] = ..., seq: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., stream: _Optional[_Union[Stream, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., process_state: _Optional[_Union[ProcessState, _Mapping]] = ...) -> None: ...
+    input_request: InputRequest
+    def __init__(self, cell_id: _Optional[str] = ..., time: _Optional[float] = ..., seq: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., stream: _Optional[_Union[Stream, _Mapping]] = ..., display: _Optional[_Union[Display, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., process_state: _Optional[_Union[ProcessState, _Mapping]] = ..., input_request: _Optional[_Union[InputRequest, _Mapping]] = ...) -> None: ...
+
+class InputRequest(_message.Message):
+    __slots__ = ("prompt", "password")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    password: bool
+    def __init__(self, prompt: _Optional[str] = ..., password: _Optional[bool] = ...) -> None: ...
 
 class Transfer(_message.Message):
     __slots__ = ("address", "ticket", "hashes")
@@ -355,6 +377,28 @@ class CellCancelRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ...) -> None: ...
 
 class CellCancelResponse(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class CellInputRequest(_message.Message):
+    __slots__ = ("session_id", "cell_id", "value", "ename", "evalue", "etype")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CELL_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ENAME_FIELD_NUMBER: _ClassVar[int]
+    EVALUE_FIELD_NUMBER: _ClassVar[int]
+    ETYPE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    cell_id: str
+    value: str
+    ename: str
+    evalue: str
+    etype: str
+    def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., value: _Optional[str] = ..., ename: _Optional[str] = ..., evalue: _Optional[str] = ..., etype: _Optional[str] = ...) -> None: ...
+
+class CellInputResponse(_message.Message):
     __slots__ = ("found",)
     FOUND_FIELD_NUMBER: _ClassVar[int]
     found: bool
@@ -588,12 +632,14 @@ class LaneActivity(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., cell_id: _Optional[str] = ..., finished: _Optional[bool] = ..., ok: _Optional[bool] = ...) -> None: ...
 
 class LaneRequest(_message.Message):
-    __slots__ = ("execute", "cancel")
+    __slots__ = ("execute", "cancel", "input")
     EXECUTE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
     execute: CellExecuteRequest
     cancel: CellCancelRequest
-    def __init__(self, execute: _Optional[_Union[CellExecuteRequest, _Mapping]] = ..., cancel: _Optional[_Union[CellCancelRequest, _Mapping]] = ...) -> None: ...
+    input: CellInputRequest
+    def __init__(self, execute: _Optional[_Union[CellExecuteRequest, _Mapping]] = ..., cancel: _Optional[_Union[CellCancelRequest, _Mapping]] = ..., input: _Optional[_Union[CellInputRequest, _Mapping]] = ...) -> None: ...
 
 class WorkerShutdown(_message.Message):
     __slots__ = ("reason",)
@@ -602,14 +648,16 @@ class WorkerShutdown(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class WorkerInstruction(_message.Message):
-    __slots__ = ("execute", "cancel", "shutdown")
+    __slots__ = ("execute", "cancel", "shutdown", "input")
     EXECUTE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
     execute: CellExecuteRequest
     cancel: CellCancelRequest
     shutdown: WorkerShutdown
-    def __init__(self, execute: _Optional[_Union[CellExecuteRequest, _Mapping]] = ..., cancel: _Optional[_Union[CellCancelRequest, _Mapping]] = ..., shutdown: _Optional[_Union[WorkerShutdown, _Mapping]] = ...) -> None: ...
+    input: CellInputRequest
+    def __init__(self, execute: _Optional[_Union[CellExecuteRequest, _Mapping]] = ..., cancel: _Optional[_Union[CellCancelRequest, _Mapping]] = ..., shutdown: _Optional[_Union[WorkerShutdown, _Mapping]] = ..., input: _Optional[_Union[CellInputRequest, _Mapping]] = ...) -> None: ...
 
 class JobSubmitRequest(_message.Message):
     __slots__ = ("notebook_name", "notebook", "parameters", "hardware", "timeout_s", "workdir")

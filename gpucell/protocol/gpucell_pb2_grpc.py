@@ -44,6 +44,11 @@ class BrokerStub:
                 request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.CellCancelRequest.SerializeToString,
                 response_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.CellCancelResponse.FromString,
                 _registered_method=True)
+        self.CellInput = channel.unary_unary(
+                '/gpucell.v1.Broker/CellInput',
+                request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.CellInputRequest.SerializeToString,
+                response_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.CellInputResponse.FromString,
+                _registered_method=True)
         self.CellAttach = channel.unary_stream(
                 '/gpucell.v1.Broker/CellAttach',
                 request_serializer=gpucell_dot_protocol_dot_gpucell__pb2.CellAttachRequest.SerializeToString,
@@ -81,6 +86,12 @@ class BrokerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CellCancel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CellInput(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +139,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.CellCancel,
                     request_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.CellCancelRequest.FromString,
                     response_serializer=gpucell_dot_protocol_dot_gpucell__pb2.CellCancelResponse.SerializeToString,
+            ),
+            'CellInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.CellInput,
+                    request_deserializer=gpucell_dot_protocol_dot_gpucell__pb2.CellInputRequest.FromString,
+                    response_serializer=gpucell_dot_protocol_dot_gpucell__pb2.CellInputResponse.SerializeToString,
             ),
             'CellAttach': grpc.unary_stream_rpc_method_handler(
                     servicer.CellAttach,
@@ -209,6 +225,33 @@ class Broker:
             '/gpucell.v1.Broker/CellCancel',
             gpucell_dot_protocol_dot_gpucell__pb2.CellCancelRequest.SerializeToString,
             gpucell_dot_protocol_dot_gpucell__pb2.CellCancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CellInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpucell.v1.Broker/CellInput',
+            gpucell_dot_protocol_dot_gpucell__pb2.CellInputRequest.SerializeToString,
+            gpucell_dot_protocol_dot_gpucell__pb2.CellInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,8 @@ class LaneHost(Protocol):
 
     def cancel(self, cell_id: str) -> None: ...
 
+    def input_reply(self, reply: pb.CellInputRequest) -> None: ...
+
 
 class LaneOut:
     """Events back to one lane client. Output from user code (prints, displays) is queued and sent by
@@ -119,6 +121,8 @@ class LaneServer:
                     self._worker.submit_lane(request.execute, out)
                 elif kind == "cancel":
                     self._worker.cancel(request.cancel.cell_id)
+                elif kind == "input":
+                    self._worker.input_reply(request.input)
         except (OSError, ConnectionError, DecodeError):
             return
         finally:

@@ -29,9 +29,12 @@ from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
 from gpucell.protocol.channels import open_channel
 from gpucell.remote_kernel.credential import take_worker_credential
 from gpucell.remote_kernel.lane import LaneActivityReporter, LaneOut, LaneServer
+from gpucell.remote_kernel.modules import ModuleRefresher
 from gpucell.remote_kernel.namespace_diff import Synced, diff, hidden, memory_root, sharing
+from gpucell.remote_kernel.output import CoalescedOutput
 from gpucell.remote_kernel.process_state import WorkerState, present_as_kernel
 from gpucell.remote_kernel.shell import CellStream, WorkerShell, make_shell, mime_json
+from gpucell.remote_kernel.stdin import StdinRelay
 
 TRANSFER_TIMEOUT_S = 600.0
 HEARTBEAT_S = 1.0
@@ -92,10 +95,21 @@ class Worker:
         self._terminating = False    # SIGTERM
         self.served = False          # ran a cell: holds a session's state
         self.devices: list[hardware.GpuDevice] = []
+        self.output = CoalescedOutput(self._emit_stream)   # prints coalesced, flushed before any other event
+        self.stdin = StdinRelay(self._ask_input)           # input(), getpass, sys.stdin: the notebook answers
+        self.modules = ModuleRefresher()                   # the notebook's own modules, reloaded when edited
 
     # ------------------------------------------------------------ Emitter (called from user code)
 
     def _emit(self, cell_id: str, **kind: Any) -> None:
+        if "stream" not in kind:
+            with self.output.lock:   # buffered prints go first: order kept across streams and displays
+                self.output.flush()
+                self._send_event(cell_id, **kind)
+        else:
+            self._send_event(cell_id, **kind)
+
+    def _send_event(self, cell_id: str, **kind: Any) -> None:
         event = pb.CellEvent(cell_id=cell_id, time=time.time(), **kind)
         lane = self.lane_cells.get(cell_id)
         if lane is not None and "finished" in kind:
@@ -107,7 +121,16 @@ class Worker:
 
     def stream(self, name: str, text: str) -> None:
         if self.current_cell:
-            self._emit(self.current_cell, stream=pb.Stream(name=name, text=text))
+            self.output.write(name, text)
+
+    def _emit_stream(self, name: str, text: str) -> None:
+        cell = self.current_cell
+        if cell:
+            self._emit(cell, stream=pb.Stream(name=name, text=text))
+
+    def _ask_input(self, prompt: str, password: bool) -> None:
+        if self.current_cell:
+            self._emit(self.current_cell, input_request=pb.InputRequest(prompt=prompt, password=password))
 
     def display(self, data: dict[str, Any], metadata: dict[str, Any], execute_result: bool, **fields: Any) -> None:
         if self.current_cell:
@@ -149,6 +172,8 @@ class Worker:
             for instruction in responses:
                 if instruction.WhichOneof("kind") == "cancel":
                     self.cancel(instruction.cancel.cell_id)
+                elif instruction.WhichOneof("kind") == "input":
+                    self.input_reply(instruction.input)   # the cell waits for it on the main thread
                 else:
                     inbox.put(instruction)
         except grpc.RpcError as exc:
@@ -171,6 +196,11 @@ class Worker:
         """A cell from the lane (called on its connection's thread): run it in turn on the main thread."""
         self.lane_cells[request.cell_id] = out
         self.inbox.put(pb.WorkerInstruction(execute=request))
+
+    def input_reply(self, reply: pb.CellInputRequest) -> None:
+        """The notebook's answer to the cell's input request (from the broker's stream or the lane)."""
+        if reply.cell_id == self.current_cell:
+            self.stdin.reply(reply)
 
     def cancel(self, cell_id: str) -> None:
         """Interrupt the cell if it is the one running (from the broker's stream or the lane)."""
@@ -196,6 +226,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self._terminate)
         sys.stdout = CellStream("stdout", self.stream)
         sys.stderr = CellStream("stderr", self.stream)
+        self.stdin.install()
         devices = self.devices = hardware.visible_devices(hardware.nvml_inventory())
         gpus = [pb.GpuInfo(name=d.name, uuid=d.uuid, memory_total=d.memory_total, label=d.label) for d in devices]
         register = pb.WorkerMessage(register=pb.WorkerRegister(
@@ -266,7 +297,8 @@ class Worker:
                 ns.pop(value.name, None)
                 self.synced.forget(value.name)
         inputs = [v for v in req.inputs if v.hash and not self.synced.holds(v.name, v.hash, ns)]
-        missing = sorted({v.hash for v in inputs if v.hash not in self.cache and v.hash not in inline})
+        sources = self.modules.needs(req.modules)   # sources of the notebook's modules this host lacks
+        missing = sorted({v.hash for v in inputs if v.hash not in self.cache and v.hash not in inline} | sources)
         if missing:
             self._emit(req.cell_id, transfer=pb.Transfer(address=self.data.address, ticket=self.data.expect(missing),
                                                          hashes=missing))
@@ -275,6 +307,9 @@ class Worker:
                 raise PrepareError("KeyboardInterrupt" if self.cancelled_cell == req.cell_id else "GpucellError",
                                    "the inputs did not arrive")
             received += self.data.bytes_in - before
+        # The notebook's edited modules are reloaded before anything unpickles a function of theirs.
+        for line in self.modules.refresh(req.modules, self.data.take):
+            self.stream("stderr", line)
         for statement in req.imports:
             try:
                 exec(statement, ns)  # noqa: S102 - an import statement the client built from a module value
@@ -282,6 +317,18 @@ class Worker:
                 raise PrepareError(type(exc).__name__, f"{statement!r} failed on the worker: {exc}") from None
         # Read in place: the worker's object stays the object (views, figure<->axes links, autograd graphs).
         bound: dict[str, str] = {v.name: v.hash for v in req.inputs if v.hash}
+        with serialize.session_namespace(ns):   # notebook functions run with this namespace as their globals
+            self._bind(ns, inputs, inline)
+        for name in req.refs:
+            # Any name this worker holds will do: the client also leaves remote an output it could not load.
+            if name not in ns:
+                raise PrepareError("RemoteRefError", f"RemoteRef {name!r} is not on this worker ({self.worker_id}); "
+                                   "its worker is gone")
+        return received, bound
+
+    def _bind(self, ns: dict[str, Any], inputs: list[pb.NamedValue], inline: dict[str, pb.Blob]) -> None:
+        """Bind the inputs the worker does not hold as the client does: from its cache, the request, or
+        what came over the data path."""
         used: set[str] = set()
         for value in inputs:
             try:
@@ -302,12 +349,6 @@ class Worker:
             self.cache.setdefault(value.hash, ns[value.name])
             self.synced.record(value.name, value.hash, ns[value.name])
             self.kept.pop(value.name, None)
-        for name in req.refs:
-            # Any name this worker holds will do: the client also leaves remote an output it could not load.
-            if name not in ns:
-                raise PrepareError("RemoteRefError", f"RemoteRef {name!r} is not on this worker ({self.worker_id}); "
-                                   "its worker is gone")
-        return received, bound
 
     def _collect(self, req: pb.CellExecuteRequest, inputs: dict[str, str],
                  before: dict[str, Any] | None = None) -> tuple[pb.Result, int]:
@@ -345,7 +386,7 @@ class Worker:
                 result.refs.append(self._keep(name, value, "device-bound", _nbytes(value)))
                 continue
             try:
-                packed = serialize.pack(name, value)
+                packed = serialize.pack(name, value, session=True)
             except Exception as exc:  # noqa: BLE001 - unpicklable values stay remote
                 result.refs.append(self._keep(name, value, f"unpicklable: {str(exc).split(': ', 1)[-1]}", 0))
                 continue
@@ -445,6 +486,7 @@ class Worker:
 
     def execute(self, req: pb.CellExecuteRequest) -> None:
         cell = req.cell_id
+        self.stdin.begin()   # a reply meant for an earlier (interrupted) cell is not this cell's line
         self.current_cell = cell
         started = time.perf_counter()
         ok = False
@@ -474,6 +516,7 @@ class Worker:
                 self.shell.run_notebook_cell(req.source, req.cell_filename)
             finally:
                 self.interruptible = False
+            self.modules.settle()   # the source of each module the cell imported, before anyone edits it
             self._send_process_state(cell)
             error = self.shell.last_error
             if error is not None:

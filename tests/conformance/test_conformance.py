@@ -102,8 +102,7 @@ CASES = [
     Case("globals() binds a name", [gpu("globals()['k'] = 7"), local("print(k)")]),
     Case("star import", [gpu("from math import *"), local("print(sqrt(16.0))")]),
     Case("a function rebinds a global", [local("counter = 0\ndef bump():\n    global counter\n    counter += 1"),
-                                         gpu("bump()"), local("print(counter)")],
-         waits_for="what comes back is what changed"),
+                                         gpu("bump()"), local("print(counter)")]),
     Case("names bound before an error", [gpu("a1 = 1\nraise ValueError('boom')"), local("print(a1)")]),
     # ---- names read in strings
     Case("pandas query reads @names", [local("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})\nthr = 1"),
@@ -129,6 +128,42 @@ CASES = [
     # ---- RemoteRef
     # A generator cannot travel: it stays on the worker (one gpucell: line says so) and later %%gpu cells use it.
     Case("a generator", [gpu("gen = (i for i in range(3))"), gpu("print(next(gen))"), gpu("print(list(gen))")]),
+    # ---- issue 25: the notebook's own modules, input(), a lot of output
+    Case("an edited module, reloaded", [
+        local("with open('nb_utils.py', 'w') as f:\n    f.write('def helper(x):\\n    return x + 1\\n')\n"
+              "import nb_utils\nfrom nb_utils import helper"),
+        gpu("print(helper(1), nb_utils.helper(1))"),
+        local("import importlib\nwith open('nb_utils.py', 'w') as f:\n    f.write('def helper(x):\\n    return x + 100\\n')\n"
+              "importlib.reload(nb_utils)\nfrom nb_utils import helper"),
+        gpu("print(helper(1), nb_utils.helper(1))")]),
+    Case("%autoreload 2 with an edited module", [
+        local("%load_ext autoreload\n%autoreload 2"),
+        local("with open('nb_auto.py', 'w') as f:\n    f.write('def helper(x):\\n    return x + 1\\n')\n"
+              "from nb_auto import helper"),
+        gpu("print(helper(1))"),
+        local("with open('nb_auto.py', 'w') as f:\n    f.write('def helper(x):\\n    return x + 100\\n')"),
+        gpu("print(helper(1))")]),
+    Case("a module in a package next to the notebook", [
+        local("import os\nos.makedirs('nb_pkg', exist_ok=True)\nopen('nb_pkg/__init__.py', 'w').close()\n"
+              "with open('nb_pkg/calc.py', 'w') as f:\n    f.write('def twice(x):\\n    return 2 * x\\n')\n"
+              "from nb_pkg.calc import twice"),
+        gpu("print(twice(4))"),
+        local("import importlib, nb_pkg.calc\nwith open('nb_pkg/calc.py', 'w') as f:\n"
+              "    f.write('def twice(x):\\n    return 20 * x\\n')\nimportlib.reload(nb_pkg.calc)\n"
+              "from nb_pkg.calc import twice"),
+        gpu("from nb_pkg import calc\nprint(twice(4), calc.twice(4))")]),
+    Case("a module only the notebook's host has", [
+        local("with open('nb_gone.py', 'w') as f:\n    f.write('VALUE = 42\\ndef helper(x):\\n    return x + VALUE\\n')\n"
+              "import nb_gone"),
+        gpu("print('the worker has not imported it')"),
+        local("import os\nos.remove('nb_gone.py')"),   # as if the worker were on another host
+        gpu("from nb_gone import helper\nprint(helper(1), nb_gone.VALUE)")]),
+    Case("input() with stdin disallowed", [gpu("name = input('who? ')"), local("print('name' in globals())")]),
+    Case("getpass with stdin disallowed", [gpu("import getpass\nsecret = getpass.getpass()")]),
+    Case("a flood of prints", [gpu("for i in range(20000):\n    print(i)")]),
+    Case("output keeps its order across streams and displays", [
+        gpu("import sys\nfrom IPython.display import display\nprint('a')\nprint('b', file=sys.stderr)\n"
+            "display('shown')\nprint('c')")]),
 ]
 
 _ADDRESS = re.compile(r"0x[0-9a-f]{6,}")
