@@ -317,18 +317,6 @@ class Worker:
                 raise PrepareError(type(exc).__name__, f"{statement!r} failed on the worker: {exc}") from None
         # Read in place: the worker's object stays the object (views, figure<->axes links, autograd graphs).
         bound: dict[str, str] = {v.name: v.hash for v in req.inputs if v.hash}
-        with serialize.session_namespace(ns):   # notebook functions run with this namespace as their globals
-            self._bind(ns, inputs, inline)
-        for name in req.refs:
-            # Any name this worker holds will do: the client also leaves remote an output it could not load.
-            if name not in ns:
-                raise PrepareError("RemoteRefError", f"RemoteRef {name!r} is not on this worker ({self.worker_id}); "
-                                   "its worker is gone")
-        return received, bound
-
-    def _bind(self, ns: dict[str, Any], inputs: list[pb.NamedValue], inline: dict[str, pb.Blob]) -> None:
-        """Bind the inputs the worker does not hold as the client does: from its cache, the request, or
-        what came over the data path."""
         used: set[str] = set()
         for value in inputs:
             try:
@@ -349,6 +337,12 @@ class Worker:
             self.cache.setdefault(value.hash, ns[value.name])
             self.synced.record(value.name, value.hash, ns[value.name])
             self.kept.pop(value.name, None)
+        for name in req.refs:
+            # Any name this worker holds will do: the client also leaves remote an output it could not load.
+            if name not in ns:
+                raise PrepareError("RemoteRefError", f"RemoteRef {name!r} is not on this worker ({self.worker_id}); "
+                                   "its worker is gone")
+        return received, bound
 
     def _collect(self, req: pb.CellExecuteRequest, inputs: dict[str, str],
                  before: dict[str, Any] | None = None) -> tuple[pb.Result, int]:
@@ -386,7 +380,7 @@ class Worker:
                 result.refs.append(self._keep(name, value, "device-bound", _nbytes(value)))
                 continue
             try:
-                packed = serialize.pack(name, value, session=True)
+                packed = serialize.pack(name, value)
             except Exception as exc:  # noqa: BLE001 - unpicklable values stay remote
                 result.refs.append(self._keep(name, value, f"unpicklable: {str(exc).split(': ', 1)[-1]}", 0))
                 continue
