@@ -113,7 +113,7 @@ def select_metrics(only: str | None) -> tuple[list[str], list[str]]:
     """(main metrics, baseline metrics) to run, in a fixed order."""
     main = [m for m in ["cold_start_ms", "warm_rtt_ms", "stream_latency_ms", "map_tasks_per_s",
                         "send_100mb_s", "send_1gb_s", "resend_1gb_cached_s", "return_100mb_s",
-                        "idle_release_error_s", "broker_rss_mb", "dispatch_p99_ms"]]
+                        "idle_release_error_s", "broker_rss_mb", "dispatch_p99_ms", "stream_flood_s"]]
     assert sorted(main) == METRIC_NAMES
     if not only:
         return main, list(BASELINE_METRICS)
