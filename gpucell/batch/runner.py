@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -16,9 +17,9 @@ from typing import Any, TextIO
 
 import nbformat
 from nbclient import NotebookClient
-from traitlets.config import Config
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
+from traitlets.config import Config
 
 from gpucell.batch.params import inject_parameters
 from gpucell.batch.resume import cells_to_rerun, failed_cell_index
@@ -173,6 +174,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Cancelled()
 
 
+def _local_transport(directory: str) -> Config:
+    """IPC sockets in a private directory: a kernel on this machine needs no TCP, and ipykernel's "running
+    over TCP without encryption" warning was the first line every `gpucell run` printed. The path is
+    absolute (left to itself, jupyter_client makes it relative to each side's cwd, which differ under
+    --cwd), and TCP stays where the directory's path is too long for a Unix socket."""
+    prefix = os.path.join(directory, "k")
+    if len(prefix) > 90:
+        return Config()
+    return Config(KernelManager={"transport": "ipc", "ip": prefix})
+
+
 def run_notebook(opts: RunOptions, out: TextIO | None = None, err: TextIO | None = None) -> RunResult:
     """Run the notebook; stream its output to `out`/`err`; save `opts.output` after every cell."""
     out = out or sys.stdout
@@ -189,11 +201,10 @@ def run_notebook(opts: RunOptions, out: TextIO | None = None, err: TextIO | None
             nb.cells[index].metadata["gpucell"] = {"rerun": "rebuild namespace"}
     write_notebook(nb, opts.output)
     echo = Echo(out, err)
+    sockets = tempfile.mkdtemp(prefix="gpucell-kernel-")
     extra = [f"--GPUCell.default_hardware={opts.hardware}"] if opts.hardware else []
     client = StreamingClient(
-        # IPC sockets: a kernel on this machine needs no TCP, and ipykernel's "running over TCP without
-        # encryption" warning was the first line every `gpucell run` printed.
-        nb, echo, kernel_name=KERNEL_NAME, extra_arguments=extra, config=Config(KernelManager={"transport": "ipc"}),
+        nb, echo, kernel_name=KERNEL_NAME, extra_arguments=extra, config=_local_transport(sockets),
         timeout=math.ceil(opts.timeout) if opts.timeout else None, allow_errors=False,
         resources={"metadata": {"path": opts.cwd or os.getcwd()}})
     env = dict(os.environ)
@@ -221,6 +232,7 @@ def run_notebook(opts: RunOptions, out: TextIO | None = None, err: TextIO | None
         result = RunResult("cancelled", current if current >= 0 else None, "cancelled")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(sockets, ignore_errors=True)
     meta.update({"status": result.status, "failed_cell": result.failed_cell, "error": result.error})
     write_notebook(nb, opts.output)
     if result.status != "succeeded":
