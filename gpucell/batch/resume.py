@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from nbformat import NotebookNode
 
 from gpucell.batch.params import INJECTED_TAG, PARAMETERS_TAG
+from gpucell.batch.resume_modules import imported_names, writes_module_state
 from gpucell.errors import ConfigError
 from gpucell.namespace.analysis import analyze
 
@@ -78,19 +79,23 @@ def cells_to_rerun(cells: list[NotebookNode], start: int, changed: frozenset[int
     Walking backwards from the end, a cell is kept when it touches (binds, deletes, or reads, since a
     read can mutate) a name that a kept or later cell reads; its own reads then become needed too.
     Cells whose effect cannot be known (line magics such as %load_ext, other cell magics, parameters,
-    unparsable or star-importing cells) and cells whose source changed since the failed run are kept.
+    unparsable or star-importing cells), cells that call into or assign on an imported module (process
+    state: sys.path, cwd, RNG seeds) and cells whose source changed since the failed run are kept.
     """
     needed: set[str] = set()
     for cell in cells[start:]:
         if cell.cell_type == "code":
             needed |= cell_effect(cell).reads
     keep: list[int] = []
+    modules = imported_names(cells)
     for index in range(start - 1, -1, -1):
         cell = cells[index]
         if cell.cell_type != "code" or not cell.source.strip():
             continue
         effect = cell_effect(cell)
-        if effect.always or index in changed or effect.touches & needed:
+        # sys.path.insert, os.chdir, np.random.seed: process state that no name shows.
+        through_module = writes_module_state(cell.source, modules)
+        if effect.always or through_module or index in changed or effect.touches & needed:
             keep.append(index)
             needed |= effect.reads
     return sorted(keep)
