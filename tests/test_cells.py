@@ -60,7 +60,8 @@ def test_remote_error_names_the_remote_line(shell: InteractiveShell) -> None:
     err = info.value
     assert err.ename == "NameError" and "undefined_thing" in err.evalue
     assert "y = undefined_thing + 1" in err.traceback_text and "line 3" in err.traceback_text
-    assert shell.user_ns["keep_me"] == 1 and "x" not in shell.user_ns
+    # What the cell bound before it failed is bound here too, as a local cell leaves it (issue 17, rule 8).
+    assert shell.user_ns["keep_me"] == 2 and shell.user_ns["x"] == 1
 
 
 def test_run_cell_shows_error_and_stops(shell: InteractiveShell) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -27,24 +27,27 @@ class Synced:
         self.worker_id = ""
 
     def hash_if_same(self, name: str, value: Any) -> str | None:
-        """The hash the worker has for `name`, when identity alone proves the value unchanged."""
+        """The content hash of `name` here, when identity alone proves it unchanged since the worker got it."""
         entry = self.entries.get(name)
         if entry is not None and entry[0] is value and type(value) in _IMMUTABLE:
-            return entry[2]
+            return entry[1]
         return None
 
-    def held_as(self, name: str, value: Any, digest: str) -> str | None:
-        """The worker's hash for `name` when it holds what the notebook does (same object, same content)."""
+    def holds(self, name: str, value: Any, digest: str) -> bool:
+        """The worker holds what the notebook does for `name` (same object, same content since)."""
         entry = self.entries.get(name)
-        return entry[2] if entry is not None and entry[0] is value and entry[1] == digest else None
+        return entry is not None and entry[0] is value and entry[1] == digest
 
-    def stale(self, user_ns: Mapping[str, Any]) -> list[str]:
+    def stale(self, user_ns: Mapping[str, Any], skip: Collection[str] = ()) -> list[str]:
         """Names the notebook rebound or deleted since the worker got them, forgotten here: unless the cell
-        sends them anyway, the worker must forget them too, or a dynamic read there would see the old value."""
+        sends them anyway, the worker must forget them too, or a dynamic read there would see the old value.
+        Names in `skip` are the caller's own business (a fan-out slot keeps its task there)."""
         missing = object()
-        gone = [n for n, entry in self.entries.items() if user_ns.get(n, missing) is not entry[0]]
+        # A copy: a fan-out slot builds one cell while another lands.
+        gone = [n for n, entry in tuple(self.entries.items())
+                if user_ns.get(n, missing) is not entry[0] and n not in skip]
         for name in gone:
-            del self.entries[name]
+            self.entries.pop(name, None)
         return gone
 
     def on_worker(self, worker_id: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,16 +66,20 @@ def plan_update(result: pb.Result, parts: Mapping[str, Parts], *, hardware: str,
 
 
 def apply_update(update: NamespaceUpdate, user_ns: MutableMapping[str, Any], refs: dict[str, RemoteRef],
-                 synced: Synced | None = None, sent: Mapping[str, tuple[Any, str]] | None = None) -> None:
+                 synced: Synced | None = None, sent: Mapping[str, tuple[Any, str]] | None = None,
+                 skip: Collection[str] = ()) -> None:
     """Bind and delete, and keep the session's table of RemoteRefs in step; nothing here can fail half-way.
 
     A value the cell mutated remotely is written into the local object where its type allows, so every
     local name bound to it sees the change; other names that came back bound to that same object (one
     pickle, one memo) are bound to the local one. `synced` learns what the worker now holds: `sent`, the
-    cell's inputs, then what came back."""
+    cell's inputs, then what came back. Names in `skip` (IPython's, a fan-out's own) are not bound here."""
+    for name in skip:
+        if name in update.binds:
+            del update.binds[name]
     _write_back(update, user_ns)
     if synced is not None:
-        _learn(update, synced, sent or {})
+        _learn(update, synced, sent or {}, user_ns)
     for name, value in update.binds.items():
         if isinstance(value, RemoteRef):
             refs[name] = value
@@ -87,7 +91,8 @@ def apply_update(update: NamespaceUpdate, user_ns: MutableMapping[str, Any], ref
         refs.pop(name, None)
 
 
-def _learn(update: NamespaceUpdate, synced: Synced, sent: Mapping[str, tuple[Any, str]]) -> None:
+def _learn(update: NamespaceUpdate, synced: Synced, sent: Mapping[str, tuple[Any, str]],
+           user_ns: Mapping[str, Any]) -> None:
     """What the worker holds now, as this notebook does: the cell's inputs, then what came back."""
     for name, (value, digest) in sent.items():
         synced.record(name, value, digest)
@@ -96,7 +101,7 @@ def _learn(update: NamespaceUpdate, synced: Synced, sent: Mapping[str, tuple[Any
         ours = update.hashes.get(name) if name not in update.in_place else None
         if ours is None and theirs is not None:
             try:
-                ours = serialize.pack(name, value).hash   # the baseline a later change is seen against
+                ours = serialize.pack(name, value, session=user_ns).hash   # the baseline a later change is seen against
             except Exception:  # noqa: BLE001 - it came as a pickle; if it will not go back as one, resend
                 ours = None
         if ours is None or theirs is None:
@@ -111,6 +116,8 @@ def _write_back(update: NamespaceUpdate, user_ns: Mapping[str, Any]) -> None:
     binds = update.binds
     landed: dict[int, Any] = {}   # id of a loaded value -> the local object it was written into
     for name in update.in_place:
+        if name not in binds:
+            continue
         new, old = binds[name], user_ns.get(name)
         if old is None or id(new) in landed:
             continue

@@ -38,8 +38,9 @@ class Uploads(dict[str, serialize.Packed]):
     """Packed inputs by hash; an input known unchanged by identity alone is packed only if the worker asks
     (a new worker holds nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, session: Mapping[str, Any]) -> None:
         super().__init__()
+        self.session = session
         self.lazy: dict[str, tuple[str, Any]] = {}
 
     def __contains__(self, digest: object) -> bool:
@@ -47,7 +48,7 @@ class Uploads(dict[str, serialize.Packed]):
 
     def __missing__(self, digest: str) -> serialize.Packed:
         name, value = self.lazy[digest]
-        packed = self[digest] = serialize.pack(name, value)
+        packed = self[digest] = serialize.pack(name, value, session=self.session)
         return packed
 
 
@@ -58,6 +59,7 @@ class OutgoingCell:
     request: pb.CellExecuteRequest
     uploads: dict[str, serialize.Packed]
     sent: dict[str, tuple[Any, str]] = field(default_factory=dict)  # the worker holds these once the cell ran
+    skip: set[str] = field(default_factory=set)   # names that are not the notebook's: never bound from the result
 
 
 def cell_names(source: str) -> CellNames:
@@ -86,11 +88,12 @@ def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], opt
                                env=options.env, pull=options.pull, keep=options.keep, retries=options.retries,
                                strict=options.strict, return_limit=options.return_limit),
         client_boot_id=client_boot_id)
-    uploads = Uploads()
+    uploads = Uploads(user_ns)
     sent: dict[str, tuple[Any, str]] = {}
-    gone = synced.stale(user_ns) if synced is not None else []
+    gone = synced.stale(user_ns, skip) if synced is not None else []
     inline_bytes = 0  # the request stays small; the rest goes over the data path on demand
-    for name in names.reads:
+    reads = list(names.reads)
+    for name in reads:   # grows: the globals a notebook function reads are read by the cell too
         if name in skip or name not in user_ns:
             continue
         value = user_ns[name]
@@ -105,20 +108,23 @@ def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], opt
             continue
         digest = synced.hash_if_same(name, value) if synced is not None else None
         if digest is not None:
-            request.inputs.append(pb.NamedValue(name=name, hash=digest, type_name=serialize.type_name(value)))
+            request.inputs.append(pb.NamedValue(name=name, hash=digest, type_name=serialize.type_name(value),
+                                                in_place=True))
             uploads.lazy[digest] = (name, value)
             sent[name] = (value, digest)
             continue
-        packed = serialize.pack(name, value)
+        packed = serialize.pack(name, value, session=user_ns)
+        reads += [g for g in packed.global_reads if g not in reads]
         if max_blob_bytes and packed.size > max_blob_bytes:
             raise SerializationError(f"cannot send {name!r} ({packed.type_name}, {packed.size / 1e6:.1f} MB): "
                                      f"larger than the broker's limit of {max_blob_bytes / 1e6:g} MB "
                                      "per value (max_blob_mb)")
         _check_python(name, value, hardware, worker_python)
-        held = synced.held_as(name, value, packed.hash) if synced is not None else None
-        if held is not None:   # the worker holds it: used in place there, sent only if asked (a new worker)
-            request.inputs.append(pb.NamedValue(name=name, hash=held, type_name=packed.type_name, size=packed.size))
-            uploads.setdefault(held, serialize.Packed(held, packed.header, packed.buffers, packed.type_name))
+        if synced is not None and synced.holds(name, value, packed.hash):
+            # The worker holds it: used in place there, sent only if it asks (a new worker holds nothing).
+            request.inputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
+                                                size=packed.size, in_place=True))
+            uploads.setdefault(packed.hash, packed)
             continue
         request.inputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
                                             size=packed.size))
@@ -131,7 +137,7 @@ def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], opt
             request.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
                                          buffers=[bytes(b) for b in packed.buffers]))
     request.inputs.extend(pb.NamedValue(name=n) for n in gone if n not in sent)
-    return OutgoingCell(request, uploads, sent)
+    return OutgoingCell(request, uploads, sent, skip)
 
 
 def _check_python(name: str, value: Any, hardware: str, worker_python: str) -> None:

@@ -28,7 +28,7 @@ from gpucell.client.stdin import answer_input
 from gpucell.errors import (ConfigError, DataPathError, GpucellError,
                             RemoteRefError, UnknownHardwareError, WorkerLostError)
 from gpucell.hardware import split_spec
-from gpucell.namespace import transfer
+from gpucell.namespace import serialize, transfer
 from gpucell.namespace.remote_ref import RemoteRef
 from gpucell.protocol import gpucell_pb2 as pb
 
@@ -221,10 +221,11 @@ class Session:
     def _land(self, result: pb.Result, outgoing: OutgoingCell, user_ns: MutableMapping[str, Any],
               report: CellReport, execution_count: int) -> NamespaceUpdate:
         """The cell's changes, into the local namespace; the worker now holds what was sent and came back."""
-        update = plan_update(result, self._parts(result), hardware=report.hardware, worker_id=report.worker_id,
-                             execution_count=execution_count)
+        with serialize.session_namespace(user_ns):   # notebook functions from the worker run in this namespace
+            update = plan_update(result, self._parts(result), hardware=report.hardware,
+                                 worker_id=report.worker_id, execution_count=execution_count)
         self.synced.on_worker(report.worker_id)
-        apply_update(update, user_ns, self.refs, self.synced, outgoing.sent)
+        apply_update(update, user_ns, self.refs, self.synced, outgoing.sent, outgoing.skip)
         return update
 
     def _parts(self, result: pb.Result) -> dict[str, Parts]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import io
 import pickle
 import sys
 import types
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +30,7 @@ class Packed:
     header: bytes
     buffers: list[memoryview] = field(default_factory=list)
     type_name: str = ""
+    global_reads: frozenset[str] = frozenset()   # session globals its session functions read (`session`)
 
     @property
     def size(self) -> int:
@@ -95,30 +100,94 @@ class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]  # cloudpickle s
         return super().reducer_override(obj)
 
 
-def dumps(value: Any) -> tuple[bytes, list[memoryview]]:
-    """Pickle with cloudpickle (notebook functions and classes go by value), then dill; big buffers out of band."""
+# The namespace a notebook function's globals are on this side of a session: the notebook's user namespace
+# on the client, the shell's on the worker. A function defined in a cell runs with it as its globals on
+# either side (as in a kernel), so `global counter; counter += 1` changes the session's `counter`.
+_SESSION: ContextVar[MutableMapping[str, Any] | None] = ContextVar("gpucell_session_namespace", default=None)
+
+
+@contextmanager
+def session_namespace(ns: MutableMapping[str, Any]) -> Iterator[None]:
+    """Unpickle notebook functions inside this with `ns` as their globals."""
+    token = _SESSION.set(ns)
+    kept = ns.get("__builtins__", builtins)
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
+        ns["__builtins__"] = kept   # cloudpickle's setstate sets its own; the shell's stays
+
+
+def _session_globals() -> Any:
+    ns = _SESSION.get()
+    return ns if ns is not None else {"__name__": "__main__", "__builtins__": builtins}
+
+
+class _SessionGlobals:
+    """Pickled in place of a notebook function's globals: the session namespace where it is unpickled."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _session_globals, ()
+
+
+_SESSION_GLOBALS = _SessionGlobals()
+
+
+class _SessionPickler(_Pickler):
+    """Functions (and methods of classes) defined in the session namespace travel without their globals:
+    they run in the session namespace at the other end, and the names they read are sent as the cell's
+    inputs. A function of any other namespace carries its globals, as cloudpickle does."""
+
+    def __init__(self, file: io.BytesIO, session: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.session = session
+        self.global_reads: set[str] = set()
+
+    def _dynamic_function_reduce(self, func: Any) -> Any:
+        reduced = super()._dynamic_function_reduce(func)
+        if getattr(func, "__globals__", None) is not self.session:
+            return reduced
+        make, (code, _base, name, defaults, closure), (state, slots), *rest = reduced
+        self.global_reads.update(slots["__globals__"])
+        return (make, (code, _SESSION_GLOBALS, name, defaults, closure), (state, {**slots, "__globals__": {}}),
+                *rest)
+
+
+def dumps(value: Any, session: Mapping[str, Any] | None = None) -> tuple[bytes, list[memoryview]]:
+    """Pickle with cloudpickle (notebook functions and classes go by value), then dill; big buffers out of band.
+    `session`: the namespace `value` is taken from; its functions go without their globals (_SessionPickler)."""
+    header, buffers, _ = _dumps(value, session)
+    return header, buffers
+
+
+def _dumps(value: Any, session: Mapping[str, Any] | None) -> tuple[bytes, list[memoryview], frozenset[str]]:
     buffers: list[pickle.PickleBuffer] = []
+    reads: frozenset[str] = frozenset()
     try:
         out = io.BytesIO()
-        _Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append).dump(value)
+        pickler = (_Pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append) if session is None else
+                   _SessionPickler(out, session, protocol=PROTOCOL, buffer_callback=buffers.append))
+        pickler.dump(value)
         header = out.getvalue()
+        reads = frozenset(getattr(pickler, "global_reads", ()))
     except Exception as first:  # noqa: BLE001 - any pickling failure gets the second opinion
         buffers = []
         try:
             header = dill.dumps(value, protocol=PROTOCOL, recurse=True)
         except Exception:  # noqa: BLE001
             raise first from None
-    return header, [_raw(b) for b in buffers]
+    return header, [_raw(b) for b in buffers], reads
 
 
-def pack(name: str, value: Any) -> Packed:
-    """Pickle one namespace value, or raise a one-line SerializationError naming it and its type."""
+def pack(name: str, value: Any, session: Mapping[str, Any] | None = None) -> Packed:
+    """Pickle one namespace value, or raise a one-line SerializationError naming it and its type.
+    `session`: the session namespace it is taken from (its functions run in the other end's)."""
     try:
-        header, buffers = dumps(value)
+        header, buffers, reads = _dumps(value, session)
     except Exception as exc:  # noqa: BLE001 - the user's value, any failure is reported the same way
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SerializationError(f"cannot send {name!r} ({type_name(value)}): {reason}") from None
-    return Packed(content_hash(header, buffers), header, buffers, type_name(value))
+    return Packed(content_hash(header, buffers), header, buffers, type_name(value), reads)
 
 
 def unpack(header: bytes, buffers: list[Any]) -> Any:

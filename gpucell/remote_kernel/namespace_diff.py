@@ -76,10 +76,12 @@ class Synced:
         self.hashes: dict[str, str] = {}
         self.ids: dict[str, int] = {}
 
-    def holds(self, name: str, digest: str, ns: Mapping[str, Any]) -> bool:
-        """The client sends `name` with `digest`: True when this worker already holds that very value."""
+    def holds(self, name: str, digest: str, in_place: bool, ns: Mapping[str, Any]) -> bool:
+        """The client sends `name` with `digest` (`in_place`: unchanged since the two agreed, whatever its
+        hash there): True when this worker holds that very value, still bound to that name."""
         value = ns.get(name, self)
-        return value is not self and self.hashes.get(name) == digest and self.ids.get(name) == id(value)
+        return (value is not self and self.ids.get(name) == id(value)
+                and (in_place and name in self.hashes or self.hashes.get(name) == digest))
 
     def bound(self, value: Any, but: str) -> bool:
         """Some other name the client holds is this very object here (a cache hit must not alias it)."""

@@ -296,7 +296,8 @@ class Worker:
             if not value.hash:   # the notebook rebound or deleted it since: never read it stale here
                 ns.pop(value.name, None)
                 self.synced.forget(value.name)
-        inputs = [v for v in req.inputs if v.hash and not self.synced.holds(v.name, v.hash, ns)]
+        held = {v.name for v in req.inputs if v.hash and self.synced.holds(v.name, v.hash, v.in_place, ns)}
+        inputs = [v for v in req.inputs if v.hash and v.name not in held]
         sources = self.modules.needs(req.modules)   # sources of the notebook's modules this host lacks
         missing = sorted({v.hash for v in inputs if v.hash not in self.cache and v.hash not in inline} | sources)
         if missing:
@@ -316,7 +317,19 @@ class Worker:
             except Exception as exc:  # noqa: BLE001
                 raise PrepareError(type(exc).__name__, f"{statement!r} failed on the worker: {exc}") from None
         # Read in place: the worker's object stays the object (views, figure<->axes links, autograd graphs).
-        bound: dict[str, str] = {v.name: v.hash for v in req.inputs if v.hash}
+        bound = {v.name: self.synced.hashes[v.name] if v.name in held else v.hash for v in req.inputs if v.hash}
+        with serialize.session_namespace(ns):   # notebook functions run with this namespace as their globals
+            self._bind(ns, inputs, inline)
+        for name in req.refs:
+            # Any name this worker holds will do: the client also leaves remote an output it could not load.
+            if name not in ns:
+                raise PrepareError("RemoteRefError", f"RemoteRef {name!r} is not on this worker ({self.worker_id}); "
+                                   "its worker is gone")
+        return received, bound
+
+    def _bind(self, ns: dict[str, Any], inputs: list[pb.NamedValue], inline: dict[str, pb.Blob]) -> None:
+        """Bind the inputs the worker does not hold as the client does: from its cache, the request, or
+        what came over the data path."""
         used: set[str] = set()
         for value in inputs:
             try:
@@ -337,12 +350,6 @@ class Worker:
             self.cache.setdefault(value.hash, ns[value.name])
             self.synced.record(value.name, value.hash, ns[value.name])
             self.kept.pop(value.name, None)
-        for name in req.refs:
-            # Any name this worker holds will do: the client also leaves remote an output it could not load.
-            if name not in ns:
-                raise PrepareError("RemoteRefError", f"RemoteRef {name!r} is not on this worker ({self.worker_id}); "
-                                   "its worker is gone")
-        return received, bound
 
     def _collect(self, req: pb.CellExecuteRequest, inputs: dict[str, str],
                  before: dict[str, Any] | None = None) -> tuple[pb.Result, int]:
@@ -380,7 +387,7 @@ class Worker:
                 result.refs.append(self._keep(name, value, "device-bound", _nbytes(value)))
                 continue
             try:
-                packed = serialize.pack(name, value)
+                packed = serialize.pack(name, value, session=ns)
             except Exception as exc:  # noqa: BLE001 - unpicklable values stay remote
                 result.refs.append(self._keep(name, value, f"unpicklable: {str(exc).split(': ', 1)[-1]}", 0))
                 continue
