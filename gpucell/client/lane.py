@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import select
 import socket
+import struct
 import time
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
 
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import lane
@@ -23,6 +24,63 @@ class LaneLost(Exception):
     """The lane closed after the worker took the cell: the broker knows what happened to it."""
 
 
+# Liveness: a worker sends an empty event every second while a lane cell runs (remote_kernel/lane.py).
+# A stopped node or a silent network leaves the socket open, so after SUSPECT_S without a byte the client
+# asks the broker, every POLL_S, whether the worker is still there: the broker drops a silent worker at its
+# heartbeat_timeout and fails its cell, and the cell learns it as fast as one on the broker's path. A
+# worker that keeps the lane alive but stays silent past GIVE_UP_S is given up on regardless.
+SUSPECT_S = 2.0
+POLL_S = 0.5
+GIVE_UP_S = 60.0
+_LEN = struct.Struct("!I")
+
+
+class _Frames:
+    """Length-prefixed messages off a socket, with a bounded wait between bytes (a buffered file object
+    cannot time out and stay consistent)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+        self.keeps_alive = False       # the worker sends keepalives (a newer worker): silence means trouble
+
+    def read(self, message: pb.CellEvent, gone: Callable[[], bool] | None) -> pb.CellEvent | None:
+        """The next event that is not a keepalive; None at a clean end of stream; LaneLost when `gone`
+        says the worker went while the lane was silent."""
+        while True:
+            if len(self._buf) >= _LEN.size:
+                (size,) = _LEN.unpack_from(self._buf)
+                if size > lane.MAX_FRAME:
+                    raise ConnectionError(f"lane message of {size} bytes is over the limit")
+                if len(self._buf) >= _LEN.size + size:
+                    message.ParseFromString(bytes(self._buf[_LEN.size:_LEN.size + size]))
+                    del self._buf[:_LEN.size + size]
+                    if message.WhichOneof("kind") is None:   # a keepalive
+                        self.keeps_alive = True
+                        continue
+                    return message
+            chunk = self._recv(gone)
+            if not chunk:
+                if self._buf:
+                    raise ConnectionError("lane closed mid-message")
+                return None
+            self._buf += chunk
+
+    def _recv(self, gone: Callable[[], bool] | None) -> bytes:
+        silent_since = time.monotonic()
+        wait = SUSPECT_S
+        while True:
+            ready, _, _ = select.select([self._sock], [], [], wait)
+            if ready:
+                return self._sock.recv(1 << 20)
+            silent = time.monotonic() - silent_since
+            if gone is not None and gone():
+                raise LaneLost(f"no word on the lane for {silent:.0f}s and the broker has dropped the worker")
+            if self.keeps_alive and silent >= GIVE_UP_S:
+                raise LaneLost(f"no word on the lane for {silent:.0f}s")
+            wait = POLL_S
+
+
 class Lane:
     """One TCP connection to one worker, used for one cell at a time by one Session."""
 
@@ -36,20 +94,26 @@ class Lane:
         self.idle_timeout_s = started.idle_timeout_s
         self.last_active = time.monotonic()
         self._sock: socket.socket | None = None
-        self._reader: BinaryIO | None = None
+        self._reader: _Frames | None = None
 
     def usable(self) -> bool:
         return time.monotonic() - self.last_active < self.idle_timeout_s - IDLE_MARGIN_S
 
-    def execute(self, request: pb.CellExecuteRequest) -> Iterator[pb.CellEvent]:
+    def execute(self, request: pb.CellExecuteRequest,
+                gone: Callable[[], bool] | None = None) -> Iterator[pb.CellEvent]:
         """The cell's events, `started` first and `finished` last; LaneClosed before it was taken,
-        LaneLost after."""
+        LaneLost after (or when the lane falls silent and `gone`, asking the broker, says the worker went)."""
         try:
             if self._sock is None:
                 self._sock = lane.connect(self.address, self.ticket)
-                self._reader = self._sock.makefile("rb")
+                self._reader = _Frames(self._sock)
+            reader = self._reader
+            assert reader is not None
             self._sock.sendall(lane.frame(pb.LaneRequest(execute=request)))
-            first = lane.read(self._reader, pb.CellEvent())  # type: ignore[arg-type]
+            first = reader.read(pb.CellEvent(), gone)
+        except LaneLost:
+            self.close()
+            raise
         except (OSError, ConnectionError) as exc:
             self.close()
             raise LaneClosed(str(exc)) from None
@@ -60,7 +124,10 @@ class Lane:
         yield first
         while True:
             try:
-                event = lane.read(self._reader, pb.CellEvent())  # type: ignore[arg-type]
+                event = reader.read(pb.CellEvent(), gone)
+            except LaneLost:
+                self.close()
+                raise
             except (OSError, ConnectionError):
                 event = None
             if event is None:
@@ -90,9 +157,7 @@ class Lane:
         self.close()
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._reader = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -117,7 +117,7 @@ class LaneRoute(Route):
         lane = self._lane
         assert lane is not None, "LaneRoute.take() chooses the lane first"
         try:
-            yield from lane.execute(request)
+            yield from lane.execute(request, gone=lambda: self._worker_gone(request.session_id, lane.worker_id))
             return
         except LaneClosed:
             self.direct = False
@@ -139,6 +139,14 @@ class LaneRoute(Route):
             self.broker.answer_input(reply)
         elif self._lane is not None:
             self._lane.send_input(reply)
+
+    def _worker_gone(self, session_id: str, worker_id: str) -> bool:
+        """Asked while the lane is silent: the broker no longer lists the worker (it dropped it)."""
+        try:
+            status = self.broker.client.status_pb(session_id)
+        except GpucellError:
+            return False   # the broker cannot say: keep waiting on the lane
+        return not any(w.id == worker_id for pool in status.pools for w in pool.workers)
 
     def _lost(self, request: pb.CellExecuteRequest, lane: Lane) -> Iterator[pb.CellEvent]:
         """The worker went away mid-cell: the broker failed the cell with the reason (killed, out of

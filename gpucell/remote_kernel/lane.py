@@ -15,6 +15,12 @@ from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol import lane
 from gpucell.protocol.listener import Listener
 
+# While a lane cell runs, the worker sends an empty event this often: a client that hears nothing for
+# longer asks the broker whether its worker still lives (a stopped node or a silent network leaves the
+# socket open; see gpucell/client/lane.py).
+KEEPALIVE_S = 1.0
+KEEPALIVE = lane.frame(pb.CellEvent())
+
 
 class LaneHost(Protocol):
     def submit_lane(self, request: pb.CellExecuteRequest, out: LaneOut) -> None: ...
@@ -37,6 +43,7 @@ class LaneOut:
         self._items: list[pb.CellEvent] = []
         self._closing = False
         self._alive = True
+        self._running = False                   # a cell is between its `started` and `finished`: keep alive
         threading.Thread(target=self._send_loop, daemon=True, name="gpucell-lane-out").start()
 
     def put(self, event: pb.CellEvent) -> None:
@@ -50,6 +57,9 @@ class LaneOut:
         with self._send_lock:
             with self._cond:
                 batch, self._items = self._items, []
+                kind = event.WhichOneof("kind")
+                if kind in ("started", "finished"):
+                    self._running = kind == "started"
             return self._send([*batch, event])
 
     def close(self) -> None:
@@ -69,15 +79,26 @@ class LaneOut:
         while True:
             with self._cond:
                 while not self._items and not self._closing:
-                    self._cond.wait()
+                    if not self._cond.wait(KEEPALIVE_S) and self._running and not self._items:
+                        break
             with self._send_lock:
                 with self._cond:
                     batch, self._items = self._items, []
                     closing = self._closing
+                    keepalive = not batch and self._running and not closing
+                if keepalive:
+                    self._keepalive()
                 self._send(batch)
                 if closing:
                     self._conn.close()
                     return
+
+    def _keepalive(self) -> None:
+        if self._alive:
+            try:
+                self._conn.sendall(KEEPALIVE)
+            except OSError:
+                self._alive = False
 
 
 def _merge(events: list[pb.CellEvent]) -> list[pb.CellEvent]:
