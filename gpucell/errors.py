@@ -57,6 +57,11 @@ class WorkerLostError(GpucellError):
     """The worker running the cell died or was released."""
 
 
+class BrokerGoneError(WorkerLostError, BrokerUnavailableError):
+    """The broker went away while a cell ran, and the cell's worker with it: to the notebook a lost worker,
+    to a fan-out a broker to wait for (it may come back)."""
+
+
 class CellTimeoutError(GpucellError):
     """The cell ran longer than its --timeout."""
 

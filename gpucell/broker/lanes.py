@@ -53,7 +53,12 @@ class LaneBook:
         run = CellRun(pb.CellExecuteRequest(session_id=session_id, cell_id=cell_id), worker.pool if worker else "",
                       now, worker_id=worker_id, dispatched=now)
         self.cells[cell_id] = run
-        if worker is None or worker.state is sch.WorkerState.RELEASING:
+        if worker is None and worker_id not in self.gone_reasons:
+            # A worker this broker never had: it restarted since the cell started, and the worker went with the
+            # broker before it (workers die with their broker).
+            self.fail(run, "the broker went away (it restarted as the cell ran); the cell's worker is gone",
+                      "worker_lost")
+        elif worker is None or worker.state is sch.WorkerState.RELEASING:
             reason = self.gone_reasons.get(worker_id, "it was released or lost as the cell ran")
             self.fail(run, reason if reason.startswith("worker lost") else f"worker lost: {reason}", "worker_lost")
         else:

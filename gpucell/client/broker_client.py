@@ -10,16 +10,18 @@ import grpc
 
 from gpucell.client.errors_table import translate
 from gpucell import settings
-from gpucell.errors import BrokerUnavailableError, ConfigError
+from gpucell.errors import BrokerGoneError, BrokerUnavailableError, ConfigError, GpucellError
 from gpucell.protocol import gpucell_pb2 as pb
 from gpucell.protocol.channels import open_channel
 from gpucell.protocol import gpucell_pb2_grpc as pb_grpc
-from gpucell.protocol.reasons import shown
+from gpucell.protocol.reasons import reason_of, shown
 from gpucell.settings import ENV_BROKER
 
 UNARY_TIMEOUT_S = 10.0
-# A dropped cell stream is re-attached for this long (the broker keeps the cell for reattach_grace_s).
-REATTACH_WINDOW_S = 25.0
+# A dropped cell stream is re-attached for this long (the broker keeps the cell for reattach_grace_s). A
+# broker that does not answer by then has gone, and its workers with it (they die with their broker): the
+# cell ends with BrokerGoneError within 5 s, not after a long wait for a broker that may never come back.
+REATTACH_WINDOW_S = 4.0
 _DROPPED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 T = TypeVar("T")
 
@@ -61,7 +63,7 @@ class BrokerClient:
         try:
             return method(request, metadata=self._metadata, timeout=UNARY_TIMEOUT_S)
         except grpc.RpcError as exc:
-            raise translate(exc, self.address) from None
+            raise self._failed(exc) from None
 
     def execute(self, request: pb.CellExecuteRequest) -> Iterator[pb.CellEvent]:
         """Submit a cell; yields its events as they happen, ending with `finished`.
@@ -84,22 +86,34 @@ class BrokerClient:
                             return
                     return
                 except grpc.RpcError as exc:
+                    if last_seq and exc.code() == grpc.StatusCode.NOT_FOUND and reason_of(exc) == pb.REASON_CELL_GONE:
+                        raise self.broker_gone() from None   # re-attached to a broker that restarted: it never knew the cell
                     if exc.code() not in _DROPPED or last_seq == 0:
-                        raise translate(exc, self.address) from None
+                        raise self._failed(exc) from None
                     deadline = deadline or time.monotonic() + REATTACH_WINDOW_S
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise translate(exc, self.address) from None
+                        raise self.broker_gone() from None
                     try:
                         grpc.channel_ready_future(self._channel).result(timeout=remaining)
                     except grpc.FutureTimeoutError:
-                        raise translate(exc, self.address) from None
+                        raise self.broker_gone() from None
                     call.cancel()
                     call = self._stub.CellAttach(pb.CellAttachRequest(
                         session_id=request.session_id, cell_id=request.cell_id, after_seq=last_seq),
                         metadata=self._metadata)
         finally:
             call.cancel()
+
+    def _failed(self, exc: grpc.RpcError) -> GpucellError:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            self._ready = False   # the next call waits (connect_timeout) for a broker that may be coming back
+        return translate(exc, self.address)
+
+    def broker_gone(self) -> BrokerGoneError:
+        """What a cell ends with when its broker went away mid-cell (its worker went with it)."""
+        self._ready = False
+        return BrokerGoneError(f"the broker at {self.address} went away; the cell's worker is gone")
 
     def attach(self, session_id: str, cell_id: str, timeout: float, lane_worker_id: str = "") -> Iterator[pb.CellEvent]:
         """A cell's events from the start, as the broker logged them (it may still be running); with
@@ -111,7 +125,7 @@ class BrokerClient:
         try:
             yield from call
         except grpc.RpcError as exc:
-            raise translate(exc, self.address) from None
+            raise self._failed(exc) from None
         finally:
             call.cancel()
 

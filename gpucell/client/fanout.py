@@ -20,7 +20,7 @@ from gpucell.client.fanout_queue import (LOST_RETRIES, RECONNECT_WINDOW_S, Batch
 from gpucell.namespace.fanout_runner import NO_TASK, CellBody, Task
 from gpucell.client.session import CellOptions, Session
 from gpucell.client.sink import ForwardingSink, Sink, first_phase
-from gpucell.errors import (BrokerError, BrokerUnavailableError, CellGoneError, GpucellError, RemoteError,
+from gpucell.errors import (BrokerError, BrokerGoneError, BrokerUnavailableError, CellGoneError, GpucellError, RemoteError,
                             SerializationError, WorkerLostError)
 
 # Which item runs where, retries and result order are the queue's (fanout_queue.py, a pure state
@@ -381,6 +381,8 @@ class _SlotSink(ForwardingSink):
 def fault_kind(exc: GpucellError) -> str | None:
     """'lost': the worker died under the cell; 'unreachable': the broker is down, restarting, or restarted
     and no longer knows the cell; None: the cell's own outcome (a user error, a timeout, a bad request)."""
+    if isinstance(exc, BrokerGoneError):
+        return "unreachable"    # the broker went away mid-cell: wait for it, as for any unreachable broker
     if isinstance(exc, WorkerLostError):
         return "lost"
     # CellGoneError: a dropped stream re-attached to a broker that restarted meanwhile. BrokerError: a stream

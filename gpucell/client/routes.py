@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from gpucell.client.broker_client import BrokerClient
 from gpucell.client.lane import Lane, LaneClosed, LaneLost, Lanes
 from gpucell.client.request import CellOptions
-from gpucell.errors import GpucellError
+from gpucell.errors import BrokerUnavailableError, GpucellError
 from gpucell.hardware import split_spec
 from gpucell.protocol import gpucell_pb2 as pb
 
@@ -156,6 +156,9 @@ class LaneRoute(Route):
                                                    lane.worker_id):
                 if event.WhichOneof("kind") in ("error", "finished"):
                     yield event
+        except BrokerUnavailableError:
+            # No broker to ask: it went away, and the worker with it (workers die with their broker).
+            raise self.broker.client.broker_gone() from None
         except GpucellError:
             yield pb.CellEvent(cell_id=request.cell_id, error=pb.Error(
                 evalue=f"worker lost: {lane.worker_id}'s connection closed mid-cell", kind=pb.Error.WORKER_LOST))
