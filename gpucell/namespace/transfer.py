@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gpucell import settings
+from gpucell.namespace import data_tls
 from gpucell.namespace.serialize import Packed, content_hash
 from gpucell.protocol.listener import Listener
 
@@ -412,6 +413,10 @@ class DataServer:
         self.max_bytes = int(settings.get("max_blob_mb")) * 1_000_000  # the broker passes its max_blob_mb
         sock = socket.create_server((host, 0))
         self.address = f"{host}:{sock.getsockname()[1]}"
+        tls = None
+        if settings.get("tls_ca"):   # the broker's port has TLS: so has this one (data_tls.py says how)
+            tls, pin = data_tls.server_context()
+            self.address += f";tls={pin}"
         self._uds: socket.socket | None = None
         if SHM_SUPPORTED and boot_id():
             name = f"gpucell-data-{secrets.token_hex(12)}"
@@ -431,7 +436,7 @@ class DataServer:
         self.bytes_in = 0
         # The request line within 5 s, no thread before it, and an accept loop that outlives EMFILE.
         self._listeners = [Listener(sock, lambda c, line: self._handle(c, line, False), name="gpucell-data",
-                                    line_limit=65536)]
+                                    line_limit=65536, tls=tls)]
         if self._uds is not None:
             self._listeners.append(Listener(self._uds, lambda c, line: self._handle(c, line, True),
                                             name="gpucell-data-shm", line_limit=65536))
@@ -604,9 +609,17 @@ def _connect(address: str) -> tuple[socket.socket, bool]:
             return sock, True
         except OSError:  # another network namespace (a container) or the server is gone: TCP decides
             sock.close()
+    if not options.get("tls") and settings.get("tls_ca"):
+        raise ConnectionError(f"TLS is configured (GPUCELL_TLS_CA) but the worker's data server at {tcp} has none")
     host, _, port = tcp.rpartition(":")
     sock = socket.create_connection((host, int(port)), timeout=60)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if options.get("tls"):
+        try:
+            sock = data_tls.client_wrap(sock, options["tls"], tcp)
+        except BaseException:
+            sock.close()
+            raise
     return sock, False
 
 

@@ -15,6 +15,7 @@ import errno
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -32,21 +33,25 @@ Handler = Callable[[socket.socket, bytes], None]
 
 
 class _Pending:
-    __slots__ = ("conn", "deadline", "data")
+    __slots__ = ("conn", "deadline", "data", "handshaken")
 
     def __init__(self, conn: socket.socket, deadline: float) -> None:
         self.conn = conn
         self.deadline = deadline
         self.data = b""
+        self.handshaken = False
 
 
 class Listener:
     """Serves `sock` until close(): `handle(conn, line)` runs on its own thread for each connection that
-    sent its opening line (without the newline; `conn` is blocking, positioned just after it)."""
+    sent its opening line (without the newline; `conn` is blocking, positioned just after it). With `tls`,
+    each connection is TLS, its handshake done here too (within the same 5 s), and `conn` an SSLSocket."""
 
     def __init__(self, sock: socket.socket, handle: Handler, *, name: str, line_limit: int,
-                 timeout: float = OPENING_TIMEOUT_S, max_pending: int = MAX_PENDING) -> None:
+                 timeout: float = OPENING_TIMEOUT_S, max_pending: int = MAX_PENDING,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._sock = sock
+        self._tls = tls
         self._handle = handle
         self._name = name
         self._line_limit = line_limit
@@ -123,6 +128,8 @@ class Listener:
                     log.warning("%s: accept() failed (%s); retrying", self._name, exc.strerror)
                 return True
             conn.setblocking(False)
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
             if len(self._pending) >= self._max_pending:
                 oldest, _ = self._pending.popitem(last=False)
                 self._drop(sel, oldest)
@@ -132,6 +139,9 @@ class Listener:
     def _read_line(self, sel: selectors.BaseSelector, conn: socket.socket) -> None:
         pending = self._pending.get(conn)
         if pending is None:
+            return
+        if isinstance(conn, ssl.SSLSocket):
+            self._read_tls_line(sel, conn, pending)
             return
         try:
             # Peek, then take exactly the line: what follows it (frames, descriptors on a Unix socket) is the
@@ -158,6 +168,29 @@ class Listener:
                 del self._pending[conn]
                 self._drop(sel, conn)
             return
+        self._hand_off(sel, conn, pending)
+
+    def _read_tls_line(self, sel: selectors.BaseSelector, conn: ssl.SSLSocket, pending: _Pending) -> None:
+        """The handshake, then the line a byte at a time (no peeking under TLS: what follows stays in the
+        SSL object's buffer for the handler); each step as far as the bytes that have come allow."""
+        try:
+            if not pending.handshaken:
+                conn.do_handshake()
+                pending.handshaken = True
+            while not pending.data.endswith(b"\n"):
+                byte = conn.recv(1)
+                if not byte or len(pending.data) >= self._line_limit:
+                    raise ConnectionError("closed, or a line too long")
+                pending.data += byte
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (OSError, ValueError):   # ssl.SSLError is an OSError: not TLS, or not ours
+            del self._pending[conn]
+            self._drop(sel, conn)
+            return
+        self._hand_off(sel, conn, pending)
+
+    def _hand_off(self, sel: selectors.BaseSelector, conn: socket.socket, pending: _Pending) -> None:
         del self._pending[conn]
         sel.unregister(conn)
         conn.setblocking(True)
