@@ -72,6 +72,7 @@ class GpucellManager(NotebookExecutionManager):  # type: ignore[misc]
                 if i in self.kept}
         meta = self.nb.metadata.setdefault("gpucell", {})
         meta.update({"status": "running", "failed_cell": None, "error": ""})
+        meta.setdefault("parameters", dict(self.nb.metadata.get("papermill", {}).get("parameters") or {}))
         super().notebook_start(**kwargs)  # clears every cell, saves
         for index, (outputs, count) in kept.items():
             cell = self.nb.cells[index]
@@ -102,6 +103,18 @@ class GpucellClient(PapermillNotebookClient):  # type: ignore[misc]
     def log_output_message(self, output: NotebookNode) -> None:
         # Every output is already echoed live; papermill's logger would print it twice.
         return None
+
+    def execute(self, **kwargs: Any) -> NotebookNode:
+        """papermill's execute, except that a failed run does not wait on the kernel's info reply (after a timeout
+        the kernel is still busy, and that wait failed inside nbclient with an AssertionError)."""
+        self.reset_execution_trackers()
+        with self.setup_kernel(**kwargs):
+            self.papermill_execute_cells()
+            if self.failure[0] == "succeeded":
+                info = self.wait_for_reply(self.kc.kernel_info())
+                self.nb.metadata["language_info"] = info["content"]["language_info"]
+            self.set_widgets_metadata()
+        return self.nb
 
     def papermill_execute_cells(self) -> None:
         current = -1

@@ -191,6 +191,7 @@ def run(request: RunRequest, err: TextIO | None = None) -> RunOutcome:
         kernel_name=request.kernel, cwd=request.cwd, prepare_only=request.prepare_only,
         report_mode=request.report_mode, log_output=request.log_output, start_timeout=request.start_timeout,
         hardware=request.hardware, echo_to=sys.stderr if output == "-" else sys.stdout,
+        request_save_on_cell_execute=output != "-",   # stdout gets the notebook once, at the end
         execution_timeout=request.timeout and int(max(1, round(request.timeout))))
     source: str | NotebookNode
     parameters: dict[str, Any] | None = request.parameters
@@ -235,7 +236,8 @@ def run(request: RunRequest, err: TextIO | None = None) -> RunOutcome:
         meta.setdefault("parameters", dict(nb.metadata.get("papermill", {}).get("parameters") or {}))
         if request.prepare_only:
             meta.update({"status": "prepared", "failed_cell": None, "error": ""})
-        save_final(nb, output)
+        if output != "-":   # papermill has printed the notebook to stdout once; a second copy would break it
+            save_final(nb, output)
         return outcome
     saved = _read_back(output)
     if saved is not None:
@@ -248,6 +250,12 @@ def run(request: RunRequest, err: TextIO | None = None) -> RunOutcome:
         if 0 <= outcome.failed_cell < len(cells):
             where = f" at cell {outcome.failed_cell} ({first_line(cells[outcome.failed_cell].source)!r})"
     hint = f"; continue with `gpucell run --resume {output}`" if outcome.status == "failed" and output != "-" else ""
+    job = re.match(r"job (job-[0-9a-f]+):", os.environ.get("JPY_SESSION_NAME", ""))
+    if job and outcome.status == "failed":
+        # A detached job: its output lives in the broker's state dir, which the user does not read directly.
+        hint = (f"; get it with `gpucell fetch {job.group(1)} -o OUT.ipynb`, "
+                f"then continue with `gpucell run --resume OUT.ipynb`")
+        output = f"job {job.group(1)}"
     err.write(f"gpucell run: {outcome.status}{where}: {outcome.error}\n"
               f"gpucell run: partial output in {output}{hint}\n")
     err.flush()

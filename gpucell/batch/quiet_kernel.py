@@ -12,7 +12,13 @@ from typing import TextIO
 _NOISE = ("ZMQError", "zmq.error", "Socket operation on non-socket", "Context was terminated")
 
 
+_HANDLER_ERROR = "[IPKernelApp] ERROR | Exception in message handler"
+
+
 def _is_noise(block: list[str]) -> bool:
+    if block[0].startswith(_HANDLER_ERROR):
+        # The kernel interrupted as it is shut down after a timeout or a cancel: the cell's error is already shown.
+        return any(line.startswith("KeyboardInterrupt") or any(m in line for m in _NOISE) for line in block)
     return any(marker in line for line in block for marker in _NOISE)
 
 
@@ -21,15 +27,15 @@ def _forward(read_fd: int, sink: TextIO) -> None:
     block: list[str] = []
     with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as source:
         for line in source:
-            opens = line.startswith("Traceback (most recent call last)") or line.startswith("Exception in thread")
+            opens = line.startswith(("Traceback (most recent call last)", "Exception in thread", _HANDLER_ERROR))
             if opens and not block:
                 block.append(line)
                 continue
             if block:
                 block.append(line)
-                ends = line.strip() and not line[0].isspace() and not line.startswith("Traceback") \
-                    and not line.startswith("Exception in thread") and not line.startswith("During handling")
-                if ends and ":" in line:
+                ends = line.strip() and not line[0].isspace() and not line.startswith(
+                    ("Traceback", "Exception in thread", "During handling", "Cell In", "---", "[IPKernelApp]"))
+                if ends and ":" in line and not line.startswith(("KeyboardInterrupt   ", "ZMQError   ")):
                     if not _is_noise(block):
                         sink.writelines(block)
                         sink.flush()
