@@ -30,6 +30,8 @@ MAIN_METRICS: list[tuple[str, str]] = [
     ("map_tasks_per_s", "trivial"),
     ("map_tasks_per_s", "10ms"),
     ("send_100mb_s", ""),
+    ("send_100mb_s", "tcp"),   # gpucell: the network data path (GPUCELL_SHM=0) with and without TLS
+    ("send_100mb_s", "tls"),
     ("send_1gb_s", ""),
     ("resend_1gb_cached_s", ""),
     ("return_100mb_s", ""),

@@ -15,6 +15,7 @@ from harness import OutputRecorder, Profile, Sample, capture_stdout, wait_for
 from systems.base import System, Unsupported
 from load import NullSink, measure_load
 from systems.gpucell_ray import ray_cold_starts
+from systems.gpucell_tls import send_seconds
 
 HW = "cpu"
 FLOOD_LINES = 100_000   # stream_flood_s: the issue's `for i in range(100000): print(i)`
@@ -116,6 +117,19 @@ class GpucellSystem(System):
         if self.ns.get("bench_head") != bytes(arr[:8]):
             raise RuntimeError("the worker saw stale content: the changed array was not sent")
         return int(self.ns["bench_n"])
+
+    def m_send_100mb_s(self) -> Iterator[Sample]:
+        yield from super().m_send_100mb_s()
+        # What TLS on the data path costs: its own broker and worker each, TCP both times (docs/protocol.md).
+        for variant in ("tcp", "tls"):
+            try:
+                seconds = send_seconds(self.p.send_small, 3, tls=variant == "tls")
+            except (RuntimeError, OSError) as exc:
+                yield self.unsupported("send_100mb_s", str(exc), variant)
+                continue
+            yield self.sample("send_100mb_s", seconds, variant,
+                              note="TCP data path (GPUCELL_SHM=0)" + (", TLS with a pinned worker certificate"
+                                                                      if variant == "tls" else ", no TLS"))
 
     def resend_note(self) -> str:
         return "same cell, unchanged array: content-addressed cache"
