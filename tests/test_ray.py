@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,10 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 
 pytest.importorskip("ray")
 import ray.cluster_utils  # after the skip, and after the RAY_* variables above
+from ray._private import ray_constants
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+import ray_cluster as recipe  # docs/ray.md's one-machine recipe: the suite runs it as written
 
 from conftest import Cluster, RecordingSink, loaded_shell, make_cluster, pid_alive, wait_for
 from gpucell.broker.provisioners import load_provisioner
@@ -62,15 +70,12 @@ def ray_cluster() -> Iterator[RayCluster]:
     saved = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = tmp
     try:
-        cluster = ray.cluster_utils.Cluster(initialize_head=True,
-                                            head_node_args={"num_cpus": 0, "include_dashboard": False})
+        cluster, nodes = recipe.start(("A100", "T4"))
     except BaseException:
         reap(tmp)
         raise
-    rc = RayCluster(cluster)
+    rc = RayCluster(cluster, nodes)
     try:
-        rc.add("A100")
-        rc.add("T4")
         # The broker runs in this process and shares this driver connection (as it would inside a
         # Jupyter server that already talks to Ray); the tests also use it to look at actors.
         ray.init(address=cluster.address, namespace="gpucell", log_to_driver=False)
@@ -252,3 +257,79 @@ def test_a_map_spreads_over_both_nodes(ray_cluster: RayCluster, broker: Cluster)
         client.close()
     assert [r.split("@")[0] for r in results] == [str(i) for i in range(8)]  # in order, each once
     assert {r.split("@")[1] for r in results} == {node.node_id for node in ray_cluster.nodes.values()}
+
+
+def node_processes(node: Any) -> list[int]:
+    """A Ray node's raylet and every process under it (its workers, our actors and their gpucell workers)."""
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found = [raylet]
+    for pid in found:
+        found.extend(child for child, parent in parents.items() if parent == pid and child not in found)
+    return found
+
+
+def lane_cell_until_lost(session: Session, hardware: str, fault: Any) -> tuple[float, BaseException]:
+    """A warm (lane) cell that prints and sleeps; `fault()` once it runs: (seconds from the fault to the
+    cell's error, the error)."""
+    run(session, "x = 1\n", hardware)   # through the broker: the next cell takes the lane
+    sink = RecordingSink()
+    faulted: list[float] = []
+
+    def inject() -> None:
+        wait_for(lambda: "running" in sink.text(), 60, what="the lane cell to start")
+        fault()
+        faulted.append(time.monotonic())
+
+    thread = threading.Thread(target=inject, daemon=True)
+    thread.start()
+    with pytest.raises(WorkerLostError) as info:
+        run(session, "import time\nprint('running', flush=True)\ntime.sleep(120)\n", hardware, sink)
+    ended = time.monotonic()
+    thread.join(10)
+    assert session.last_report is not None and session.last_report.lane, "the cell did not take the lane"
+    return ended - faulted[0], info.value
+
+
+def replace_node(ray_cluster: RayCluster, label: str) -> None:
+    ray_cluster.cluster.remove_node(ray_cluster.nodes.pop(label), allow_graceful=False)
+    ray_cluster.add(label)
+
+
+def test_a_stopped_node_fails_a_lane_cell_within_the_heartbeat_timeout(ray_cluster: RayCluster,
+                                                                      broker: Cluster) -> None:
+    session = Session(broker.client())
+    stopped: list[int] = []
+
+    def stop_node() -> None:
+        for pid in node_processes(ray_cluster.nodes["T4"]):
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+
+    try:
+        elapsed, error = lane_cell_until_lost(session, "T4", stop_node)
+        assert "worker lost: no heartbeat for 5s" in str(error), error
+        assert elapsed <= 5.0 + 1.0, f"{elapsed:.2f}s"
+    finally:
+        for pid in stopped:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGCONT)
+        session.client.close()
+        replace_node(ray_cluster, "T4")
+
+
+def test_a_worker_that_exits_says_what_it_last_printed(ray_cluster: RayCluster, broker: Cluster) -> None:
+    session = Session(broker.client())
+    try:
+        with pytest.raises(WorkerLostError) as info:
+            run(session, "import os\nos.write(2, b'fatal: out of device memory\\n')\nos._exit(3)\n", "A100")
+        assert re.search(r"worker process exited with status 3: .*fatal: out of device memory", str(info.value),
+                         re.S), info.value
+    finally:
+        session.client.close()

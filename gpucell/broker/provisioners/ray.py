@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,10 @@ ACCELERATOR_SHARE = 0.001
 # would let CPU, not GPU, decide how many workers fit on a GPU node. Overridable per pool.
 DEFAULT_NUM_CPUS = 0.1
 STDERR_TAIL_BYTES = 2000
+STDERR_TAIL_LINES = 5          # of a worker that exited: what it last printed, in the cell's error
+# A worker whose node died before it started is placed again (a fresh actor, the same worker id and
+# one-time secret, which it has not used): the cell never started, so it does not fail.
+RELAUNCHES = 2
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,8 @@ class RayWorker:
     killed: bool = False
     explaining: bool = False
     node_id: str = ""
+    spec: LaunchSpec | None = None
+    relaunches: int = 0
 
 
 def exit_reason(code: int, tail: str) -> str:
@@ -141,8 +148,8 @@ def exit_reason(code: int, tail: str) -> str:
         reason = f"worker process killed by signal {signal.Signals(-code).name}"
     else:
         reason = f"worker process exited with status {code}"
-    last = tail.strip().splitlines()[-1:] if code else []
-    return f"{reason}: {last[0]}" if last else reason
+    last = [line for line in tail.strip().splitlines() if line.strip()][-STDERR_TAIL_LINES:] if code else []
+    return f"{reason}: " + "\n".join(last) if last else reason
 
 
 class RayProvisioner(Provisioner):
@@ -193,11 +200,11 @@ class RayProvisioner(Provisioner):
             self._actor_class = ray.remote(WorkerActor)
             self._address = address
 
-    def _create(self, spec: LaunchSpec) -> RayWorker:
+    def _create(self, spec: LaunchSpec, attempt: int = 0) -> RayWorker:
         self._connect(spec.pool)
         where = placement(spec.pool)
         options: dict[str, Any] = {
-            "name": self.actor_name(spec.worker_id), "namespace": NAMESPACE,
+            "name": self.actor_name(spec.worker_id) + (f"-{attempt}" if attempt else ""), "namespace": NAMESPACE,
             "num_cpus": where.num_cpus, "num_gpus": where.num_gpus, "resources": where.resources,
             "max_restarts": 0, "max_task_retries": 0,
         }
@@ -214,7 +221,7 @@ class RayProvisioner(Provisioner):
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         started = actor.start.remote(args, env).future()
         exited = actor.wait.remote().future()
-        return RayWorker(spec.worker_id, actor, started, exited)
+        return RayWorker(spec.worker_id, actor, started, exited, spec=spec, relaunches=attempt)
 
     def _explain(self, record: RayWorker) -> str:
         """Why a worker's actor is gone, in words a notebook user can act on."""
@@ -229,6 +236,10 @@ class RayProvisioner(Provisioner):
             if record.node_id and not _node_alive(record.node_id):
                 return "node died"
             if "node" in str(exc).lower() and "died" in str(exc).lower():
+                return "node died"
+            if record.node_id and not _raylet_answers(record.node_id):
+                # Ray marks a node dead only after its health checks fail (seconds); a raylet that no
+                # longer accepts connections is gone now.
                 return "node died"
             return f"worker actor died: {_first_line(exc)}"
         except Exception as exc:  # noqa: BLE001 - any other Ray failure is reported, not raised
@@ -269,8 +280,16 @@ class RayProvisioner(Provisioner):
             if not record.exited.done() or record.explaining:
                 return None
             record.explaining = True
+            loop = asyncio.get_running_loop()
             try:
-                record.reason = await asyncio.get_running_loop().run_in_executor(self._executor, self._explain, record)
+                record.reason = await loop.run_in_executor(self._executor, self._explain, record)
+                lost_placement = record.reason == "node died" or record.reason.startswith("worker actor died")
+                if (lost_placement and not record.killed and record.spec is not None
+                        and record.relaunches < RELAUNCHES and not _worker_started(record)):
+                    log.info("worker %s: its node died before it started; placing it again", worker_id)
+                    self._workers[worker_id] = await loop.run_in_executor(
+                        self._executor, self._create, record.spec, record.relaunches + 1)
+                    return None
             finally:
                 record.explaining = False
         self._workers.pop(worker_id, None)
@@ -327,6 +346,23 @@ def _node_alive(node_id: str) -> bool:
     for node in ray.nodes():
         if node.get("NodeID") == node_id:
             return bool(node.get("Alive"))
+    return False
+
+
+def _worker_started(record: RayWorker) -> bool:
+    """The actor started the worker process (it may have registered and taken a cell: not placed again)."""
+    return record.started.done() and record.started.exception() is None
+
+
+def _raylet_answers(node_id: str) -> bool:
+    """The node's raylet still accepts a connection on its port (a killed raylet's port is closed)."""
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            try:
+                socket.create_connection((node["NodeManagerAddress"], int(node["NodeManagerPort"])), timeout=2).close()
+            except (OSError, KeyError, ValueError):
+                return False
+            return True
     return False
 
 
