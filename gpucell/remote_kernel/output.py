@@ -1,8 +1,8 @@
 """A cell's stream output, coalesced: a flood of prints goes as a few large chunks, a lone print at once.
 
 ipykernel's OutStream does the same (a flush interval); without it every `print` became its own event, and
-`for i in range(100000): print(i)` cost 200,000 protobuf messages. The first write after a quiet spell
-goes out at once (live output stays live); writes that follow within WINDOW_S wait in one buffer, which
+`for i in range(100000): print(i)` cost 200,000 protobuf messages. The first line after a quiet spell
+goes out as soon as it is complete (live output stays live); writes that follow within WINDOW_S wait in one buffer, which
 goes when it reaches LIMIT bytes, when the window ends, when the other stream is written (order kept
 across stdout and stderr), and before any other event of the cell (display, input request, result, end).
 """
@@ -31,6 +31,7 @@ class CoalescedOutput:
         self._size = 0
         self._quiet_after = 0.0                # monotonic time after which a write goes out at once
         self._deadline = 0.0                   # when the buffered text must go (0: nothing buffered)
+        self._eager = False                    # this buffer began after a quiet spell: its first line goes now
         self._thread: threading.Thread | None = None
 
     def write(self, name: str, text: str) -> None:
@@ -38,18 +39,16 @@ class CoalescedOutput:
         with self.lock:
             if self._parts and name != self._name:
                 self._flush_locked()
-            if not self._parts and now >= self._quiet_after:
-                self._quiet_after = now + self._window_s
-                self._emit(name, text)
-                return
             if not self._parts:
                 self._name = name
+                self._eager = now >= self._quiet_after   # the first line after a quiet spell goes at once
                 self._deadline = now + self._window_s
                 self._start()
                 self._wake.notify()
             self._parts.append(text)
             self._size += len(text)
-            if self._size >= self._limit:
+            # A line, not a write: print('pid', pid) is four writes, and a kernel shows one 'pid 1234' chunk.
+            if self._size >= self._limit or (self._eager and text.endswith("\n")):
                 self._flush_locked()
 
     def flush(self) -> None:

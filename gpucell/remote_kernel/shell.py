@@ -44,12 +44,14 @@ def mime_json(value: Any) -> str:
 
 
 class CellStream(io.TextIOBase):
-    """sys.stdout / sys.stderr on the worker: every write becomes a stream event at once."""
+    """sys.stdout / sys.stderr on the worker: writes go to the cell's (coalesced) output; flush() sends them
+    now, as `print(..., flush=True)` does in a kernel."""
 
-    def __init__(self, name: str, sink: Callable[[str, str], None]) -> None:
+    def __init__(self, name: str, sink: Callable[[str, str], None], flush: Callable[[], None] = lambda: None) -> None:
         super().__init__()
         self.name = name
         self._sink = sink
+        self._flush = flush
 
     def writable(self) -> bool:
         return True
@@ -60,7 +62,7 @@ class CellStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        pass
+        self._flush()
 
     def isatty(self) -> bool:
         return False

@@ -224,8 +224,8 @@ class Worker:
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, self._terminate)
-        sys.stdout = CellStream("stdout", self.stream)
-        sys.stderr = CellStream("stderr", self.stream)
+        sys.stdout = CellStream("stdout", self.stream, self.output.flush)
+        sys.stderr = CellStream("stderr", self.stream, self.output.flush)
         self.stdin.install()
         devices = self.devices = hardware.visible_devices(hardware.nvml_inventory())
         gpus = [pb.GpuInfo(name=d.name, uuid=d.uuid, memory_total=d.memory_total, label=d.label) for d in devices]
