@@ -135,3 +135,108 @@ def test_a_value_only_the_worker_can_load_stays_there(shell: InteractiveShell, t
         thing.n  # noqa: B018
     run(shell, "cpu", "n = thing.n + 1\n")
     assert ns["n"] == 42
+
+
+# ---------------------------------------------------------------- issue 17: a %%gpu cell is a cell
+# Each rule on both routes: warm cells over the lane, and through the broker (--timeout takes that path).
+
+ROUTES = {"lane": "cpu", "broker": "cpu --timeout 60"}
+
+
+@pytest.fixture(params=sorted(ROUTES))
+def route(request: pytest.FixtureRequest, shell: InteractiveShell) -> str:
+    """The %%gpu line of the route under test; the session's worker is warm, so the lane is open."""
+    run(shell, "cpu", "_warm = 1\n")
+    return str(request.param)
+
+
+def gpu(sh: InteractiveShell, route: str, cell: str) -> Any:
+    report = run(sh, ROUTES[route], cell)
+    assert report.lane == (route == "lane")
+    return report
+
+
+def test_a_remote_mutation_is_written_back_in_place(shell: InteractiveShell, route: str) -> None:
+    shell.run_cell("import numpy as np\nclass Box:\n    def __init__(self):\n        self.n = 0\n"
+                   "a = [1, 2]; b = a\nd = {'k': 1}; d2 = d\ns = {1}; s2 = s\nba = bytearray(b'x'); ba2 = ba\n"
+                   "arr = np.zeros(3); arr2 = arr\nbox = Box(); box2 = box\n")
+    gpu(shell, route, "a.append(3)\nd['j'] = 2\ns.add(2)\nba += b'y'\narr[0] = 7\nbox.n = 5\n")
+    ns = shell.user_ns
+    assert ns["a"] is ns["b"] and ns["b"] == [1, 2, 3]
+    assert ns["d"] is ns["d2"] and ns["d2"] == {"k": 1, "j": 2}
+    assert ns["s"] is ns["s2"] and ns["s2"] == {1, 2}
+    assert ns["ba"] is ns["ba2"] and ns["ba2"] == bytearray(b"xy")
+    assert ns["arr"] is ns["arr2"] and ns["arr2"].tolist() == [7, 0, 0]
+    assert ns["box"] is ns["box2"] and ns["box2"].n == 5
+
+
+def test_a_rebound_name_is_not_written_into_its_old_object(shell: InteractiveShell, route: str) -> None:
+    shell.run_cell("a = [1, 2]; b = a\n")
+    gpu(shell, route, "a = [9]\n")
+    assert shell.user_ns["a"] == [9] and shell.user_ns["b"] == [1, 2]
+
+
+def test_the_workers_objects_stay_the_objects(shell: InteractiveShell, route: str) -> None:
+    gpu(shell, route, "import numpy as np\nx2 = np.arange(16).reshape(4, 4)\n")
+    gpu(shell, route, "x2_sub = x2[:2, :2]\nkid = [0]\nholder = {'k': kid}\n")
+    report = gpu(shell, route, "x2_sub[0, 0] = 99\nkid.append(1)\n")
+    assert report.finished.bytes_in < 1000   # unchanged here: used in place there, not sent again
+    assert shell.user_ns["x2"][0, 0] == 99 and shell.user_ns["x2_sub"][0, 0] == 99   # the view came back with it
+    gpu(shell, route, "seen = (x2[0, 0], len(holder['k']))\n")
+    assert shell.user_ns["seen"] == (99, 2)   # the worker's links among its objects survived
+
+
+def test_a_cell_with_unchanged_inputs_sends_nothing_but_the_cell(shell: InteractiveShell, route: str) -> None:
+    shell.user_ns["big"] = np.ones(100_000)
+    first = gpu(shell, route, "t1 = float(big.sum())\n")
+    again = gpu(shell, route, "t2 = float(big.sum())\n")
+    assert first.finished.bytes_in >= 800_000 and again.finished.bytes_in < 1000
+    shell.user_ns["big"][0] = 5   # changed here: sent again
+    changed = gpu(shell, route, "t3 = float(big.sum())\n")
+    assert changed.finished.bytes_in >= 800_000 and shell.user_ns["t3"] == 100_004.0
+
+
+def test_two_names_of_one_object_arrive_as_one(shell: InteractiveShell, route: str) -> None:
+    shell.run_cell("a = [1]\nb = a\n")
+    gpu(shell, route, "same = a is b\na.append(2)\n")
+    assert shell.user_ns["same"] is True and shell.user_ns["b"] == [1, 2]
+
+
+def test_whatever_binds_a_name_it_comes_back(shell: InteractiveShell, route: str, tmp_path: Path) -> None:
+    (tmp_path / "helper.py").write_text("from_run = 41\n")
+    shell.run_cell("counter = 0\ndef bump():\n    global counter\n    counter += 1\n")
+    gpu(shell, route, f"exec('z = 5')\nglobals()['k'] = 7\nfrom math import *\n%run {tmp_path / 'helper.py'}\nbump()\n")
+    ns = shell.user_ns
+    assert (ns["z"], ns["k"], ns["sqrt"](16.0), ns["from_run"], ns["counter"]) == (5, 7, 4.0, 41, 1)
+
+
+def test_a_name_deleted_there_is_deleted_here(shell: InteractiveShell, route: str) -> None:
+    shell.user_ns["gone"] = 1
+    gpu(shell, route, "exec('del gone')\n")
+    assert "gone" not in shell.user_ns
+
+
+def test_what_a_failing_cell_bound_comes_back_before_its_error(shell: InteractiveShell, route: str) -> None:
+    with pytest.raises(Exception, match="boom"):
+        gpu(shell, route, "a1 = 1\nexec('a2 = 2')\nraise ValueError('boom')\na3 = 3\n")
+    assert shell.user_ns["a1"] == 1 and shell.user_ns["a2"] == 2 and "a3" not in shell.user_ns
+
+
+def test_names_in_query_strings_are_read_and_never_stale(shell: InteractiveShell, route: str) -> None:
+    shell.run_cell("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})\nthr = 1\n")
+    gpu(shell, route, "hits = df.query('a > @thr').a.tolist()\n")
+    assert shell.user_ns["hits"] == [2, 3]
+    shell.run_cell("thr = 2\n")
+    gpu(shell, route, "hits = df.query('a > @thr').a.tolist()\n")
+    assert shell.user_ns["hits"] == [3]
+
+
+def test_a_name_rebound_here_is_not_read_stale_there(shell: InteractiveShell, route: str) -> None:
+    gpu(shell, route, "level = 1\n")
+    shell.run_cell("level = 2\n")
+    gpu(shell, route, "seen = globals()['level'], eval('level')\n")   # read in strings: sent
+    assert shell.user_ns["seen"] == (2, 2)
+    shell.run_cell("level = 3\n")
+    with pytest.raises(Exception, match="level"):   # a read no analysis sees: never the old value there
+        gpu(shell, route, "seen = globals()['lev' + 'el']\n")
+    assert shell.user_ns["seen"] == (2, 2)

@@ -63,6 +63,10 @@ class Synced:
         self.entries.pop(name, None)
 
 
+# Rebound, never written into: what they are is their code or their name, not a state.
+_NOT_IN_PLACE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+
+
 def same_pickle_here(value: Any, buffers: int) -> bool:
     """Whether `value`, pickled here, gives the bytes it came in (so the worker's hash is ours too): an
     immutable scalar, or a C-contiguous array that came as one out-of-band buffer. Anything else (a view
@@ -103,8 +107,7 @@ def write_back(old: Any, new: Any) -> bool:
         old._update_inplace(new)      # what pandas' own inplace=True operations do
         old.attrs = new.attrs
         return True
-    if (isinstance(old, (type, types.ModuleType)) or callable(old)
-            or not isinstance(getattr(old, "__dict__", None), dict)):
+    if (isinstance(old, _NOT_IN_PLACE) or not isinstance(getattr(old, "__dict__", None), dict)):
         return False
     state = old.__dict__
     state.clear()

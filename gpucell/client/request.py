@@ -89,6 +89,7 @@ def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], opt
                                strict=options.strict, return_limit=options.return_limit),
         client_boot_id=client_boot_id)
     uploads = Uploads(user_ns)
+    to_send: list[tuple[str, Any, serialize.Packed]] = []
     sent: dict[str, tuple[Any, str]] = {}
     gone = synced.stale(user_ns, skip) if synced is not None else []
     inline_bytes = 0  # the request stays small; the rest goes over the data path on demand
@@ -129,6 +130,8 @@ def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], opt
         request.inputs.append(pb.NamedValue(name=name, hash=packed.hash, type_name=packed.type_name,
                                             size=packed.size))
         sent[name] = (value, packed.hash)
+        to_send.append((name, value, packed))
+    for packed in _one_pickle(request, to_send, user_ns):
         if packed.hash in uploads:
             continue
         uploads[packed.hash] = packed
@@ -138,6 +141,24 @@ def build_request(source: str, names: CellNames, user_ns: Mapping[str, Any], opt
                                          buffers=[bytes(b) for b in packed.buffers]))
     request.inputs.extend(pb.NamedValue(name=n) for n in gone if n not in sent)
     return OutgoingCell(request, uploads, sent, skip)
+
+
+def _one_pickle(request: pb.CellExecuteRequest, to_send: list[tuple[str, Any, serialize.Packed]],
+                user_ns: Mapping[str, Any]) -> list[serialize.Packed]:
+    """The values to send, as blobs: those of a few MB or less (and any bound to one object under two names)
+    in one pickle with one memo, so names bound to one object, or to objects that share parts, arrive
+    as they are here; a larger value on its own, so the worker's cache of it by content still counts."""
+    counts: dict[int, int] = {}
+    for _, value, _ in to_send:
+        counts[id(value)] = counts.get(id(value), 0) + 1
+    together = [(n, v) for n, v, p in to_send if p.size <= INLINE_LIMIT or counts[id(v)] > 1]
+    if len(together) < 2:
+        return [p for _, _, p in to_send]
+    joint = serialize.pack(", ".join(n for n, _ in together), dict(together), session=user_ns)
+    request.inputs.insert(0, pb.NamedValue(hash=joint.hash, type_name=serialize.JOINT + ",".join(n for n, _ in together),
+                                           size=joint.size))
+    names = {n for n, _ in together}
+    return [joint, *(p for n, _, p in to_send if n not in names)]
 
 
 def _check_python(name: str, value: Any, hardware: str, worker_python: str) -> None:

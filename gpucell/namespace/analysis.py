@@ -801,6 +801,8 @@ class _Walker:
                     _magic_code(node, self)
                 if func.__class__ is ast.Attribute and func.attr in _AT_NAME_CALLS:
                     _at_names(node, self)
+                elif func.__class__ is ast.Name and func.id in _CODE_CALLS:
+                    _code_string(node, self, func.id)
                 for keyword in reversed(node.keywords):
                     push(keyword.value)
                 stack.extend(reversed(node.args))
@@ -809,6 +811,8 @@ class _Walker:
                 push(node.right)
                 push(node.left)
             elif cls is ast.Subscript:
+                if _is_globals_item(node):   # globals()['name'] reads (or binds) that name
+                    load(node.slice.value)
                 push(node.slice)
                 push(node.value)
             elif cls is tuple:
@@ -979,6 +983,32 @@ def _magic_code(call: ast.Call, walker: _Walker) -> None:
 # pandas' `df.query('a > @thr')`, `df.eval(...)`, `pd.eval(...)` read `@name` from the caller's namespace.
 _AT_NAME_CALLS = frozenset({"query", "eval"})
 _AT_NAME = re.compile(r"@([A-Za-z_]\w*)")
+
+
+_CODE_CALLS = frozenset({"exec", "eval"})
+
+
+def _is_globals_item(node: ast.Subscript) -> bool:
+    value, key = node.value, node.slice
+    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "globals"
+            and not value.args and isinstance(key, ast.Constant) and isinstance(key.value, str))
+
+
+def _code_string(call: ast.Call, walker: _Walker, kind: str) -> None:
+    """`exec('...')` / `eval('...')` of a literal string in the cell's namespace: its code is the cell's."""
+    if not call.args or len(call.args) > 1 or call.keywords:   # with explicit namespaces it is not ours
+        return
+    text = call.args[0]
+    if not (isinstance(text, ast.Constant) and isinstance(text.value, str)):
+        return
+    try:
+        code = _quiet_parse(text.value, mode=kind)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return   # it fails there as it would here
+    if kind == "eval":
+        walker.expr(code.body)
+    else:
+        walker.stmts(code.body)
 
 
 def _at_names(call: ast.Call, walker: _Walker) -> None:

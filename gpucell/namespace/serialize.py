@@ -20,6 +20,9 @@ import xxhash
 from gpucell.errors import SerializationError
 
 PROTOCOL = 5
+# The type_name of a cell input with no name: several of the cell's values in one pickle (a dict by name,
+# one memo), their names after the prefix, comma-separated.
+JOINT = "gpucell.cell:"
 
 
 @dataclass

@@ -297,7 +297,10 @@ class Worker:
                 ns.pop(value.name, None)
                 self.synced.forget(value.name)
         held = {v.name for v in req.inputs if v.hash and self.synced.holds(v.name, v.hash, v.in_place, ns)}
-        inputs = [v for v in req.inputs if v.hash and v.name not in held]
+        together = {n for v in req.inputs if not v.name and v.type_name.startswith(serialize.JOINT)
+                    for n in v.type_name[len(serialize.JOINT):].split(",")}   # inputs that come in one pickle
+        inputs = [v for v in req.inputs if v.hash and v.name not in held and v.name not in together]
+        hashes = {v.name: v.hash for v in req.inputs if v.name in together}
         sources = self.modules.needs(req.modules)   # sources of the notebook's modules this host lacks
         missing = sorted({v.hash for v in inputs if v.hash not in self.cache and v.hash not in inline} | sources)
         if missing:
@@ -317,9 +320,10 @@ class Worker:
             except Exception as exc:  # noqa: BLE001
                 raise PrepareError(type(exc).__name__, f"{statement!r} failed on the worker: {exc}") from None
         # Read in place: the worker's object stays the object (views, figure<->axes links, autograd graphs).
-        bound = {v.name: self.synced.hashes[v.name] if v.name in held else v.hash for v in req.inputs if v.hash}
+        bound = {v.name: self.synced.hashes[v.name] if v.name in held else v.hash
+                 for v in req.inputs if v.hash and v.name}
         with serialize.session_namespace(ns):   # notebook functions run with this namespace as their globals
-            self._bind(ns, inputs, inline)
+            self._bind(ns, inputs, inline, hashes)
         for name in req.refs:
             # Any name this worker holds will do: the client also leaves remote an output it could not load.
             if name not in ns:
@@ -327,22 +331,31 @@ class Worker:
                                    "its worker is gone")
         return received, bound
 
-    def _bind(self, ns: dict[str, Any], inputs: list[pb.NamedValue], inline: dict[str, pb.Blob]) -> None:
+    def _bind(self, ns: dict[str, Any], inputs: list[pb.NamedValue], inline: dict[str, pb.Blob],
+              hashes: dict[str, str]) -> None:
         """Bind the inputs the worker does not hold as the client does: from its cache, the request, or
-        what came over the data path."""
+        what came over the data path (`hashes`: those of the values that come in one pickle)."""
         used: set[str] = set()
         for value in inputs:
+            if not value.name:   # several inputs in one pickle: one memo, so aliases stay aliases here
+                try:
+                    values = self._load(value.hash, inline)
+                except Exception as exc:  # noqa: BLE001
+                    raise PrepareError(type(exc).__name__, f"cannot load {value.type_name[len(serialize.JOINT):]} "
+                                       f"on the worker: {exc}") from None
+                for name, obj in values.items():
+                    ns[name] = obj
+                    self.cache.setdefault(hashes[name], obj)
+                    self.synced.record(name, hashes[name], obj)
+                    self.kept.pop(name, None)
+                continue
             try:
                 if value.hash in self.cache:
                     obj = self.cache[value.hash]
                     # Names with equal content that are not one object locally must not become one here.
                     ns[value.name] = copy.deepcopy(obj) if value.hash in used or self.synced.bound(obj, value.name) else obj
-                elif value.hash in inline:
-                    blob = inline[value.hash]
-                    ns[value.name] = serialize.unpack(blob.data, [bytearray(b) for b in blob.buffers])
                 else:
-                    header, buffers = self.data.take(value.hash) or (b"", [])
-                    ns[value.name] = serialize.unpack(header, buffers)
+                    ns[value.name] = self._load(value.hash, inline)
             except Exception as exc:  # noqa: BLE001
                 raise PrepareError(type(exc).__name__, f"cannot load {value.name!r} ({value.type_name}) "
                                    f"on the worker: {exc}") from None
@@ -350,6 +363,13 @@ class Worker:
             self.cache.setdefault(value.hash, ns[value.name])
             self.synced.record(value.name, value.hash, ns[value.name])
             self.kept.pop(value.name, None)
+
+    def _load(self, digest: str, inline: dict[str, pb.Blob]) -> Any:
+        if digest in inline:
+            blob = inline[digest]
+            return serialize.unpack(blob.data, [bytearray(b) for b in blob.buffers])
+        header, buffers = self.data.take(digest) or (b"", [])
+        return serialize.unpack(header, buffers)
 
     def _collect(self, req: pb.CellExecuteRequest, inputs: dict[str, str],
                  before: dict[str, Any] | None = None) -> tuple[pb.Result, int]:
