@@ -62,12 +62,17 @@ def _raw(buf: pickle.PickleBuffer) -> memoryview:
         return memoryview(bytes(buf))
 
 
-def _tensor(array: Any, requires_grad: bool) -> Any:
-    """A CPU torch tensor on the received buffer itself (torch.from_numpy shares the memory)."""
+def _tensor(array: Any, requires_grad: bool, grad: Any = None) -> Any:
+    """A CPU torch tensor on the received buffer itself (torch.from_numpy shares the memory), with its
+    gradient when it has one (a backward() on the other end changed it)."""
     import torch  # noqa: PLC0415 - runs only for a tensor, so torch is already imported
 
     tensor = torch.from_numpy(array)
-    return tensor.requires_grad_() if requires_grad else tensor
+    if requires_grad:
+        tensor.requires_grad_()
+    if grad is not None:
+        tensor.grad = grad
+    return tensor
 
 
 def whole_cpu_tensor(torch: Any, tensor: Any) -> bool:
@@ -90,7 +95,8 @@ def _reduce_tensor(torch: Any, tensor: Any) -> tuple[Any, tuple[Any, ...]] | Non
         array = tensor.detach().numpy()
     except (TypeError, RuntimeError):  # a dtype numpy lacks
         return None
-    return _tensor, (array, tensor.requires_grad)
+    grad = tensor.grad if tensor.requires_grad and tensor.is_leaf else None   # only a leaf keeps one
+    return _tensor, (array, tensor.requires_grad) if grad is None else (array, True, grad)
 
 
 class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]  # cloudpickle ships no types
