@@ -202,6 +202,12 @@ def test_two_names_of_one_object_arrive_as_one(shell: InteractiveShell, route: s
     assert shell.user_ns["same"] is True and shell.user_ns["b"] == [1, 2]
 
 
+def test_names_bound_to_one_object_there_come_back_as_one(shell: InteractiveShell, route: str) -> None:
+    gpu(shell, route, "c = [1]\nd = c\nholder = {'k': c}\n")
+    ns = shell.user_ns
+    assert ns["d"] is ns["c"] and ns["holder"]["k"] is ns["c"]
+
+
 def test_whatever_binds_a_name_it_comes_back(shell: InteractiveShell, route: str, tmp_path: Path) -> None:
     (tmp_path / "helper.py").write_text("from_run = 41\n")
     shell.run_cell("counter = 0\ndef bump():\n    global counter\n    counter += 1\n")

@@ -44,9 +44,21 @@ def plan_update(result: pb.Result, parts: Mapping[str, Parts], *, hardware: str,
     binds: dict[str, Any] = {}
     kept_remote: list[str] = []
     infos = list(result.refs)
+    outputs = [v for v in result.outputs if v.name]
+    together: dict[str, Any] = {}          # outputs that came in one pickle (one memo: aliases stay aliases)
+    failed: dict[str, Exception] = {}
     for value in result.outputs:
+        if not value.name and value.type_name.startswith(serialize.JOINT):
+            try:
+                together.update(serialize.unpack(*parts[value.hash]))
+            except Exception as exc:  # noqa: BLE001 - each of them stays on the worker, as below
+                failed.update(dict.fromkeys(value.type_name[len(serialize.JOINT):].split(","), exc))
+    for value in outputs:
         try:
-            binds[value.name] = serialize.unpack(*parts[value.hash])
+            if value.name in failed:
+                raise failed[value.name]
+            binds[value.name] = (together[value.name] if value.name in together
+                                 else serialize.unpack(*parts[value.hash]))
         except Exception as exc:  # noqa: BLE001 - e.g. a module only the worker has: it stays usable there
             reason = f"cannot be loaded here: {one_line(exc)}"
             infos.append(pb.RemoteRefInfo(name=value.name, type_name=value.type_name, size=value.size,
@@ -56,12 +68,12 @@ def plan_update(result: pb.Result, parts: Mapping[str, Parts], *, hardware: str,
     for info in infos:
         binds[info.name] = RemoteRef(info.name, info.type_name, info.size, info.hardware or hardware,
                                      info.worker_id or worker_id, info.reason, info.summary, execution_count)
-    assigned = [v.name for v in result.outputs if not isinstance(binds.get(v.name), RemoteRef)]
+    assigned = [v.name for v in outputs if not isinstance(binds.get(v.name), RemoteRef)]
     return NamespaceUpdate(binds, result.deleted, assigned, [r.name for r in infos], kept_remote,
-                           in_place=[v.name for v in result.outputs if v.in_place and v.name in assigned],
-                           hashes={v.name: v.hash for v in result.outputs if v.name in binds and v.hash in parts
+                           in_place=[v.name for v in outputs if v.in_place and v.name in assigned],
+                           hashes={v.name: v.hash for v in outputs if v.name in binds and v.hash in parts
                                    and same_pickle_here(binds[v.name], len(parts[v.hash][1]))},
-                           worker_hashes={v.name: v.hash for v in result.outputs
+                           worker_hashes={v.name: v.hash for v in outputs
                                           if not isinstance(binds.get(v.name), RemoteRef)})
 
 

@@ -387,6 +387,7 @@ class Worker:
                 self.data.withdraw(digest)   # never fetched (its client went away)
         mine: set[str] = set()
         moving: list[tuple[str, str, SharedCopy]] = []
+        inline: list[tuple[str, Any, serialize.Packed]] = []
         sent = 0
         limit = req.options.return_limit or RETURN_LIMIT_MB * 1_000_000
         rebound = set(change.bound)
@@ -440,9 +441,9 @@ class Worker:
                     moving.append((name, packed.hash, shared))
                 mine.add(packed.hash)
             else:
-                result.blobs.append(pb.Blob(hash=packed.hash, data=packed.header,
-                                            buffers=[bytes(b) for b in packed.buffers]))
+                inline.append((name, value, packed))
             sent += packed.size
+        result.blobs.extend(self._inline_outputs(result, inline, ns))
         for name in [*req.deletes, *(n for n in change.deleted if n not in req.deletes)]:
             if name not in ns:
                 result.deleted.append(name)
@@ -451,7 +452,7 @@ class Worker:
         self._outgoing_cells.append(mine)
         if mine:
             result.ticket = self.data.ticket_for(mine)   # one-time, for these outputs only
-        value = packed = None  # type: ignore[assignment] # no reference of ours may count in _move_onto
+        value = packed = inline = None  # type: ignore[assignment] # no reference of ours may count in _move_onto
         for name, digest, shared in moving:
             self._move_onto(name, digest, shared)
         self._trim_cache()
@@ -462,6 +463,22 @@ class Worker:
         moved = self.process_state.after()
         if moved:
             self._emit(cell, process_state=pb.ProcessState(data=moved))
+
+    def _inline_outputs(self, result: pb.Result, inline: list[tuple[str, Any, serialize.Packed]],
+                        ns: dict[str, Any]) -> list[pb.Blob]:
+        """Outputs small enough to ride in the result: several go as one pickle with one memo (an output with
+        no name, serialize.JOINT), so names bound to one object here, or to objects that share parts, land
+        as such in the notebook."""
+        if len(inline) >= 2 and sum(p.size for _, _, p in inline) <= INLINE_LIMIT:
+            try:
+                joint = serialize.pack("the cell's outputs", {n: v for n, v, _ in inline}, session=ns)
+            except Exception:  # noqa: BLE001 - each packed alone: they go alone
+                joint = None
+            if joint is not None and joint.size <= INLINE_LIMIT:
+                result.outputs.append(pb.NamedValue(hash=joint.hash, size=joint.size, type_name=serialize.JOINT
+                                                    + ",".join(n for n, _, _ in inline)))
+                return [pb.Blob(hash=joint.hash, data=joint.header, buffers=[bytes(b) for b in joint.buffers])]
+        return [pb.Blob(hash=p.hash, data=p.header, buffers=[bytes(b) for b in p.buffers]) for _, _, p in inline]
 
     def _share(self, req: pb.CellExecuteRequest, packed: serialize.Packed) -> SharedCopy | None:
         """A client on this kernel gets large outputs as memfds: written now, on the cell's thread, so that

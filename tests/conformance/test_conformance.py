@@ -115,6 +115,8 @@ CASES = [
     # ---- rules 7 and 8, more
     Case("two names of one object arrive as one", [local("a = [1]\nb = a"), gpu("print(a is b)\na.append(2)"),
                                                    local("print(a, b, a is b)")]),
+    Case("names bound to one object there come back as one", [gpu("c = [1]\nd = c\nholder = {'k': c}"),
+                                                              local("d.append(2)\nprint(c, holder, d is c)")]),
     Case("a rebound name leaves its alias alone", [local("a = [1, 2]\nb = a"), gpu("a = [9]"),
                                                    local("print(a, b, a is b)")]),
     Case("the worker's links among its objects survive", [gpu("kid = [0]\nholder = {'k': kid}"), gpu("kid.append(1)"),
