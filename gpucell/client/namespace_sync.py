@@ -13,6 +13,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+_MISSING = object()
+
 # Values that cannot change in place: identity alone says they are unchanged (no pickling, no hashing).
 _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), range, Decimal, Fraction})
 
@@ -42,10 +44,11 @@ class Synced:
         """Names the notebook rebound or deleted since the worker got them, forgotten here: unless the cell
         sends them anyway, the worker must forget them too, or a dynamic read there would see the old value.
         Names in `skip` are the caller's own business (a fan-out slot keeps its task there)."""
-        missing = object()
-        # A copy: a fan-out slot builds one cell while another lands.
-        gone = [n for n, entry in tuple(self.entries.items())
-                if user_ns.get(n, missing) is not entry[0] and n not in skip]
+        get = user_ns.get
+        # By identity only (~0.1 us a name); over a copy: a fan-out slot builds one cell while another lands.
+        gone = [n for n, entry in tuple(self.entries.items()) if get(n, _MISSING) is not entry[0]]
+        if skip:
+            gone = [n for n in gone if n not in skip]
         for name in gone:
             self.entries.pop(name, None)
         return gone
