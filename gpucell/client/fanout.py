@@ -74,6 +74,8 @@ class _Slot:
         self.sessions = [Session(client, session_id=self.session_id, session_name=session_name)
                          for _ in range(DEPTH)]
         for session in self.sessions:
+            session.synced = None   # each batch is a namespace of its own: nothing is held in place across them
+        for session in self.sessions:
             session.owner = owner
         self.ready = threading.Event()
         self.queued = False
@@ -287,13 +289,18 @@ class Fanout:
         sink = _SlotSink(self.sink, slot)
         slot.busy[lane] = True
         try:
+            source = BATCH_SOURCE
             while True:
                 try:
-                    session.run_cell(BATCH_SOURCE, ns, self._options(len(batch.items)), sink, skip=_BATCH_SKIP)
-                    out: Any = ns.get("_gpucell_out")  # the batch's pickled results, or NO_TASK
-                    if out == NO_TASK:  # a replacement worker: bind the task there, then run the batch again
-                        session.run_cell(SETUP_SOURCE, {"_gpucell_task": self.task}, self._options(0), sink,
-                                         skip=_SETUP_SKIP)
+                    session.run_cell(source, ns, self._options(len(batch.items)), sink, skip=_BATCH_SKIP)
+                    # The batch's pickled results, or NO_TASK; absent when the worker's _gpucell_out was already
+                    # NO_TASK (a name that did not change does not come back), which means the same.
+                    out: Any = ns.get("_gpucell_out", NO_TASK)
+                    if out == NO_TASK and source is BATCH_SOURCE:
+                        # A replacement worker: the task and the batch again, in one cell (two cells with two
+                        # namespaces would each look to the session as if the other's names were deleted).
+                        ns["_gpucell_task"] = self.task
+                        source = SETUP_SOURCE + BATCH_SOURCE
                         continue
                 except KeyboardInterrupt:
                     self._report(self._queue.batch_failed, batch, WorkerLostError("the batch was cancelled"))

@@ -68,7 +68,9 @@ class Session:
         self._notices_shown: set[str] = set()
         self.worker_versions: dict[str, dict[str, str]] = {}   # requested label -> last worker's versions
         self.lanes = Lanes()                   # requested hardware -> the direct lane to its warm worker
-        self.synced = Synced()                 # names the worker holds as this notebook does: used in place there
+        # Names the worker holds as this notebook does: used in place there. None: every cell sends what it
+        # reads (a fan-out slot, whose cells each bring a namespace of their own).
+        self.synced: Synced | None = Synced()
         self._broker_route = BrokerRoute(client, self.lanes)
         self._lane_route = LaneRoute(self.lanes, self._broker_route)
         self.states = ProcessStates()          # the notebook's process state each worker has (RNGs, rcParams, ...)
@@ -224,7 +226,8 @@ class Session:
         with serialize.session_namespace(user_ns):   # notebook functions from the worker run in this namespace
             update = plan_update(result, self._parts(result), hardware=report.hardware,
                                  worker_id=report.worker_id, execution_count=execution_count)
-        self.synced.on_worker(report.worker_id)
+        if self.synced is not None:
+            self.synced.on_worker(report.worker_id)
         apply_update(update, user_ns, self.refs, self.synced, outgoing.sent, outgoing.skip)
         return update
 
