@@ -218,7 +218,7 @@ def run_as_batch_job(page: Page, lab: Lab, tmp_path: Path) -> None:
         client.close()
     assert info["hardware"] == "T4" and info["cost"] > 0
     cells = json.loads(data)["cells"]
-    assert "greeting = 'hello batch'" in "".join(cells[0]["source"])
+    assert 'greeting = "hello batch"' in "".join(cells[0]["source"])   # injected as papermill writes it
     outputs = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
                       for cell in cells for o in cell.get("outputs", []))
     assert "T4" in outputs and "done" in outputs
